@@ -1,0 +1,1 @@
+"""The numeric core: pure functions over numpy arrays, with no HTTP in them."""

@@ -1,0 +1,198 @@
+"""Every failure the service reports, each a type that carries its HTTP status and stable code.
+
+Routes and the numeric core raise these; one handler (``service.api.problems``) turns them into
+``application/problem+json`` responses. A test asserts each code, so codes never change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import ClassVar
+
+
+class ServiceError(Exception):
+    """Base of every error a client may see; ``detail`` is the human sentence."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    title: ClassVar[str] = "Internal server error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+# -- request syntax ------------------------------------------------------------------------
+
+
+class InvalidJson(ServiceError):
+    status, code, title = 400, "invalid_json", "Malformed JSON"
+
+
+class InvalidNpy(ServiceError):
+    status, code, title = 400, "invalid_npy", "Malformed .npy payload"
+
+
+class BodyTooLarge(ServiceError):
+    status, code, title = 413, "body_too_large", "Request body too large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The request body exceeds the limit of {limit} bytes.")
+
+
+class UnsupportedMediaType(ServiceError):
+    status, code, title = 415, "unsupported_media_type", "Unsupported media type"
+
+    def __init__(self, got: str | None, supported: Sequence[str]) -> None:
+        super().__init__(
+            f"Content-Type {got or '(none)'!r} is not accepted here; "
+            f"send one of: {', '.join(supported)}."
+        )
+
+
+class NotAcceptable(ServiceError):
+    status, code, title = 406, "not_acceptable", "Not acceptable"
+
+    def __init__(self, accept: str, offered: Sequence[str]) -> None:
+        super().__init__(
+            f"Accept {accept!r} admits none of the media types this request can answer with: "
+            f"{', '.join(offered)}."
+        )
+
+
+class RequestValidation(ServiceError):
+    status, code, title = 422, "validation_error", "Invalid request"
+
+
+# -- tensors -------------------------------------------------------------------------------
+
+
+class RaggedTensor(ServiceError):
+    status, code, title = 422, "ragged_tensor", "Ragged tensor"
+
+
+class ShapeMismatch(ServiceError):
+    status, code, title = 422, "shape_mismatch", "Shape and data disagree"
+
+
+class InvalidShape(ServiceError):
+    status, code, title = 422, "invalid_shape", "Invalid shape"
+
+
+class TensorTooLarge(ServiceError):
+    status, code, title = 413, "tensor_too_large", "Tensor too large"
+
+
+class UnsupportedDtype(ServiceError):
+    status, code, title = 422, "unsupported_dtype", "Unsupported dtype"
+
+    def __init__(self, dtype: object) -> None:
+        super().__init__(
+            f"Unsupported dtype {str(dtype)!r}: "
+            "dropout takes float16, float32, float64 or bfloat16."
+        )
+
+
+class ValueOutOfRange(ServiceError):
+    status, code, title = 422, "value_out_of_range", "Value out of range"
+
+
+class RankMismatch(ServiceError):
+    status, code, title = 422, "rank_mismatch", "Wrong input rank"
+
+    def __init__(self, layer: str, expected: int, shape: Sequence[int]) -> None:
+        # Keras's own wording (InputSpec), so the message is familiar to its users.
+        dims = ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "")
+        super().__init__(
+            f'Input 0 of layer "{layer}" is incompatible with the layer: '
+            f"expected ndim={expected}, found ndim={len(shape)}. Full shape received: ({dims})"
+        )
+
+
+class BatchSizeMismatch(ServiceError):
+    status, code, title = 422, "batch_size_mismatch", "Batch size mismatch"
+
+    def __init__(self, layer: str, batch_size: int, got: int) -> None:
+        super().__init__(
+            f'Layer "{layer}" was built with batch_size={batch_size}, '
+            f"but the input's first dimension is {got}."
+        )
+
+
+class NoiseShapeMismatch(ServiceError):
+    status, code, title = 422, "invalid_noise_shape", "Invalid noise_shape"
+
+
+# -- layer specs ---------------------------------------------------------------------------
+
+
+class InvalidRate(ServiceError):
+    status, code, title = 422, "invalid_rate", "Invalid rate"
+
+    def __init__(self, rate: object) -> None:
+        # Keras 3's message, word for word.
+        super().__init__(
+            "Invalid value received for argument `rate`. Expected a float value "
+            f"between 0 and 1. Received: rate={rate}"
+        )
+
+
+class InvalidDataFormat(ServiceError):
+    status, code, title = 422, "invalid_data_format", "Invalid data_format"
+
+    def __init__(self, value: object) -> None:
+        super().__init__(
+            "The `data_format` argument must be one of {'channels_first', 'channels_last'}. "
+            f"Received: data_format={value}"
+        )
+
+
+class WeightsNotSupported(ServiceError):
+    status, code, title = 422, "weights_not_supported", "Dropout layers have no weights"
+
+    def __init__(self, count: int) -> None:
+        super().__init__(
+            f"Dropout layers have no weights, but {count} weight array(s) were given; "
+            "pass weights as null, [] or leave it out."
+        )
+
+
+class InvalidName(ServiceError):
+    status, code, title = 422, "invalid_name", "Invalid layer name"
+
+
+class InvalidSpec(ServiceError):
+    status, code, title = 422, "invalid_spec", "Invalid layer spec"
+
+
+# -- the store -----------------------------------------------------------------------------
+
+
+class LayerNotFound(ServiceError):
+    status, code, title = 404, "layer_not_found", "Layer not found"
+
+    def __init__(self, ref: str) -> None:
+        super().__init__(f"No layer has the id or name {ref!r}.")
+        self.ref = ref
+
+
+class NameConflict(ServiceError):
+    status, code, title = 409, "name_conflict", "Layer name taken"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"A layer named {name!r} already exists; names are unique.")
+
+
+class StoreUnavailable(ServiceError):
+    status, code, title = 503, "store_unavailable", "Store unavailable"
+
+
+class StoreFull(ServiceError):
+    status, code, title = 507, "insufficient_storage", "Store is out of space"
+
+
+class InvalidCursor(ServiceError):
+    status, code, title = 422, "invalid_cursor", "Invalid page cursor"
+
+    def __init__(self, cursor: str) -> None:
+        super().__init__(f"Invalid cursor {cursor!r}: pass back the next_cursor of a page.")
