@@ -1,0 +1,112 @@
+"""The wire schemas of a layer: what a client sends to create one, and what it gets back."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+
+from service.core.config import DataFormat, Kind
+
+#: A user seed: any unsigned 64-bit integer (mixed into the stream seed, see service.core.rng).
+Seed = Annotated[int, Field(ge=0, lt=2**64, strict=True)]
+Rate = StrictFloat | StrictInt
+
+
+class LayerCreate(BaseModel):
+    """A layer spec as a client posts it: every argument of R keras 2.9 and Keras 3."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"kind": "spatial_dropout_2d", "rate": 0.5, "name": "sd", "seed": 7}]
+        },
+    )
+
+    kind: Kind = Kind.SPATIAL_2D
+    rate: Rate = Field(description="Fraction of feature maps to drop, 0 <= rate <= 1.")
+    data_format: str | None = Field(
+        default=None,
+        description="channels_last or channels_first (any case); null takes the server's default.",
+    )
+    batch_size: Annotated[int, Field(ge=1, strict=True)] | None = Field(
+        default=None, description="When set, inputs must have exactly this many samples."
+    )
+    name: str | None = Field(
+        default=None, description="Unique name; generated Keras-style when absent."
+    )
+    trainable: bool = True
+    weights: list[Any] | None = Field(
+        default=None, description="Dropout has no weights: only null or [] is accepted."
+    )
+    seed: Seed | None = Field(default=None, description="Default seed of /apply calls.")
+    dtype: str | None = Field(
+        default=None, description="Keras dtype policy name, kept for the Keras round trip."
+    )
+    noise_shape: list[Annotated[int, Field(ge=1, strict=True)] | None] | None = Field(
+        default=None,
+        description="dropout only: the mask's shape; null entries take the input's size.",
+    )
+
+
+class KerasLayerConfig(BaseModel):
+    """A Keras layer as ``keras.layers.serialize`` (Keras 3) or tf.keras 2 writes it."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "module": "keras.layers",
+                    "class_name": "SpatialDropout2D",
+                    "config": {"rate": 0.25, "data_format": "channels_first", "seed": 3},
+                    "registered_name": None,
+                }
+            ]
+        },
+    )
+
+    module: str | None = None
+    class_name: Literal["Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D"]
+    config: dict[str, Any]
+    registered_name: str | None = None
+
+
+class Layer(BaseModel):
+    """A stored layer: the spec, resolved, with its id and creation time."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    kind: Kind
+    rate: float
+    data_format: DataFormat | None = Field(
+        description="Resolved at creation; null for dropout, which has no channel axis."
+    )
+    batch_size: int | None
+    trainable: bool
+    weights: list[Any] = Field(default_factory=list, description="Always empty.")
+    seed: int | None
+    dtype: str | None
+    noise_shape: list[int | None] | None
+    created_at: datetime
+
+
+class LayerPage(BaseModel):
+    """One page of ``GET /layers``, oldest first."""
+
+    items: list[Layer]
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= to get the next page; null on the last page."
+    )
+
+
+class KerasSerialized(BaseModel):
+    """The Keras 3 serialized form that ``keras.layers.deserialize`` accepts."""
+
+    module: Literal["keras.layers"] = "keras.layers"
+    class_name: str
+    config: dict[str, Any]
+    registered_name: None = None
