@@ -1,0 +1,90 @@
+"""The wire schemas of POST /apply. The tensor itself is decoded by service.codecs, not pydantic."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, Tag
+
+from service.layers.spec import KerasLayerConfig, LayerCreate, Seed
+
+
+def _spec_kind(value: Any) -> str:
+    return "keras" if isinstance(value, dict) and "class_name" in value else "spec"
+
+
+InlineSpec = Annotated[
+    Annotated[LayerCreate, Tag("spec")] | Annotated[KerasLayerConfig, Tag("keras")],
+    Discriminator(_spec_kind),
+]
+
+
+class ApplyEnvelope(BaseModel):
+    """Everything of a JSON /apply request but the tensor (validated apart, at C speed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    layer: str | None = Field(default=None, description="A stored layer's id or name.")
+    spec: InlineSpec | None = Field(
+        default=None, description="An inline layer spec (or Keras config), instead of `layer`."
+    )
+    training: StrictBool = Field(default=False, description="Drop feature maps (else identity).")
+    seed: Seed | None = Field(
+        default=None,
+        description="Seed of the mask; default: the layer's seed, else one the server draws.",
+    )
+    sample_offset: Annotated[int, Field(ge=0, lt=2**62, strict=True)] = Field(
+        default=0, description="Index of the first sample in the whole batch (for split batches)."
+    )
+    return_mask: StrictBool = Field(
+        default=False, description="Also answer the samples x channels keep mask."
+    )
+    dtype: Literal["float16", "float32", "float64", "bfloat16"] | None = Field(
+        default=None, description="dtype of a nested-list input (default float32)."
+    )
+
+
+class FlatTensor(BaseModel):
+    """A tensor as shape, dtype and the row-major flat list of its values."""
+
+    shape: list[Annotated[int, Field(ge=0)]]
+    dtype: Literal["float16", "float32", "float64", "bfloat16"] = "float32"
+    data: list[float]
+
+
+class ApplyRequest(ApplyEnvelope):
+    """A JSON /apply request."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "layer": "sd",
+                    "training": True,
+                    "seed": 7,
+                    "input": {
+                        "shape": [1, 2, 2, 3],
+                        "dtype": "float32",
+                        "data": [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12],
+                    },
+                    "return_mask": True,
+                }
+            ]
+        }
+    )
+
+    input: FlatTensor | list[Any] = Field(
+        description="The tensor: nested lists, or {shape, dtype, data}."
+    )
+
+
+class ApplyResponse(BaseModel):
+    """The answer of a JSON /apply request; `output` has the form the input had."""
+
+    output: FlatTensor | list[Any]
+    seed: int = Field(description="The seed used: replay the call with it.")
+    training: bool
+    layer: str = Field(description="The layer's name.")
+    mask: list[Any] | None = Field(
+        default=None, description="samples x channels, true = kept; only with return_mask."
+    )

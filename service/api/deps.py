@@ -1,0 +1,41 @@
+"""Dependencies routes declare, as ``Annotated`` aliases, so tests can build their own app."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from service.api.negotiation import check_acceptable, require_media_type
+from service.settings import Settings
+from service.store import LayerStore
+
+JSON: str = "application/json"
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_store(request: Request) -> LayerStore:
+    store: LayerStore = request.app.state.store
+    return store
+
+
+def accepts_json(accept: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
+    """406 unless the client takes JSON answers."""
+    check_acceptable(accept, JSON)
+
+
+def sends_json(
+    content_type: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    """415 unless the body is JSON."""
+    require_media_type(content_type, [JSON])
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[LayerStore, Depends(get_store)]
+AcceptsJson = Depends(accepts_json)
+SendsJson = Depends(sends_json)

@@ -1,0 +1,140 @@
+"""The one place where failures become HTTP answers: RFC 9457 ``application/problem+json``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
+
+from service.errors import InvalidJson, RequestValidation, ServiceError
+
+PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
+logger = logging.getLogger("service.errors")
+
+#: Framework statuses (unknown route, wrong method...) get codes of their own too.
+_HTTP_CODES: Final[dict[int, str]] = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+class Problem(BaseModel):
+    """An error answer (RFC 9457). ``code`` is stable: match on it, not on ``detail``."""
+
+    type: str = Field(examples=["urn:spatial-dropout:problem:layer_not_found"])
+    title: str = Field(examples=["Layer not found"])
+    status: int = Field(examples=[404])
+    detail: str = Field(examples=["No layer has the id or name 'sd'."])
+    code: str = Field(examples=["layer_not_found"])
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="Field-level details of a validation_error."
+    )
+
+
+def problem_body(
+    status: int, code: str, title: str, detail: str, errors: list[dict[str, Any]] | None = None
+) -> bytes:
+    body: dict[str, Any] = {
+        "type": f"urn:spatial-dropout:problem:{code}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+        "code": code,
+    }
+    if errors is not None:
+        body["errors"] = errors
+    return orjson.dumps(body)
+
+
+def error_response(exc: ServiceError, errors: list[dict[str, Any]] | None = None) -> Response:
+    return Response(
+        problem_body(exc.status, exc.code, exc.title, exc.detail, errors),
+        status_code=exc.status,
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
+def validation_details(errors: Any) -> list[dict[str, Any]]:
+    """Pydantic's errors without the echoed input (which may be huge or not JSON)."""
+    return [
+        {
+            "loc": [str(part) for part in err.get("loc", ())],
+            "msg": err.get("msg", ""),
+            "type": err.get("type", ""),
+        }
+        for err in errors
+    ]
+
+
+def validation_error(exc: ValidationError | RequestValidationError) -> ServiceError:
+    """A ServiceError for pydantic's complaints: malformed JSON stays apart from bad fields."""
+    errors = exc.errors()
+    for err in errors:
+        if err.get("type") == "json_invalid":
+            return InvalidJson(f"The body is not valid JSON: {err.get('msg', '')}.")
+    first = errors[0] if errors else {}
+    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+    return RequestValidation(f"{where}: {first.get('msg', 'invalid')}")
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers that map every failure to a problem response."""
+
+    async def on_service_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ServiceError)
+        if exc.status >= 500:
+            logger.warning("%s: %s", exc.code, exc.detail)
+        return error_response(exc)
+
+    async def on_validation(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError | ValidationError)
+        err = validation_error(exc)
+        details = None if isinstance(err, InvalidJson) else validation_details(exc.errors())
+        return error_response(err, details)
+
+    async def on_http(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+        title = code.replace("_", " ").capitalize()
+        return Response(
+            problem_body(exc.status_code, code, title, str(exc.detail)),
+            status_code=exc.status_code,
+            media_type=PROBLEM_MEDIA_TYPE,
+            headers=exc.headers,
+        )
+
+    async def on_disconnect(_request: Request, _exc: Exception) -> Response:
+        # The client left (or the body limit cut it off): nobody reads this answer.
+        return Response(status_code=400)
+
+    async def on_unexpected(_request: Request, exc: Exception) -> Response:
+        # Log the cause for operators; tell the client nothing about the internals.
+        logger.error("unhandled error", exc_info=exc)
+        return Response(
+            problem_body(
+                500,
+                "internal_error",
+                "Internal server error",
+                "The server failed to answer; the failure has been logged.",
+            ),
+            status_code=500,
+            media_type=PROBLEM_MEDIA_TYPE,
+        )
+
+    app.add_exception_handler(ServiceError, on_service_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(ValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(ClientDisconnect, on_disconnect)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,1 @@
+"""HTTP routes, one module per resource; each only translates between HTTP and the core."""

@@ -1,0 +1,43 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+
+from service import errors
+from service.api.deps import StoreDep
+from service.api.docs import problems
+
+router = APIRouter(tags=["health"])
+
+
+@router.get(
+    "/healthz",
+    summary="Liveness: the process answers",
+    responses={
+        200: {
+            "description": "Alive",
+            "content": {"application/json": {"example": {"status": "ok"}}},
+        }
+    },
+)
+def healthz() -> dict[str, Any]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: the layer store answers",
+    responses={
+        200: {
+            "description": "Ready",
+            "content": {"application/json": {"example": {"status": "ready", "layers": 3}}},
+        },
+        **problems(errors.StoreUnavailable),
+    },
+)
+def readyz(store: StoreDep) -> dict[str, Any]:
+    store.ping()
+    return {"status": "ready", "layers": store.count()}

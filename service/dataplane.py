@@ -1,0 +1,61 @@
+"""What /apply does once HTTP is out of the way: pick the layer and seed, run the kernel.
+
+Shared by every protocol that runs a layer (the JSON and .npy forms of /apply today).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from service.core import kernel
+from service.core.config import DropoutConfig
+from service.layers.resolve import DEFAULT_NAMES, ResolvedSpec, dropout_config
+from service.layers.spec import Layer
+
+#: Seeds the server draws stay below 2**53, so a JavaScript client can replay them exactly.
+DRAWN_SEED_BITS: Final = 53
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    output: NDArray[np.generic]
+    mask: NDArray[np.bool_]
+    seed: int
+    layer_name: str
+    config: DropoutConfig
+
+    def mask_matrix(self) -> NDArray[np.bool_]:
+        return kernel.mask_matrix(self.config, self.mask)
+
+
+def choose_seed(requested: int | None, layer_seed: int | None) -> int:
+    """The request's seed wins, then the layer's; else a fresh one from OS entropy."""
+    if requested is not None:
+        return requested
+    if layer_seed is not None:
+        return layer_seed
+    return secrets.randbits(DRAWN_SEED_BITS)
+
+
+def layer_name(layer: Layer | ResolvedSpec) -> str:
+    return layer.name or DEFAULT_NAMES[layer.kind]
+
+
+def apply_layer(
+    layer: Layer | ResolvedSpec,
+    x: NDArray[np.generic],
+    *,
+    training: bool,
+    seed: int | None,
+    sample_offset: int,
+) -> Applied:
+    """Run ``layer`` on ``x``; the answer carries the seed used so the call can be replayed."""
+    used = choose_seed(seed, layer.seed)
+    config = dropout_config(layer)
+    result = kernel.apply(config, x, training=training, seed=used, sample_offset=sample_offset)
+    return Applied(result.output, result.mask, used, layer_name(layer), config)
