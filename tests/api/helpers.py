@@ -1,0 +1,33 @@
+"""Small helpers for the end-to-end tests."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+
+
+def unique(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def create(client: httpx.Client, **spec: Any) -> dict[str, Any]:
+    spec.setdefault("name", unique())
+    spec.setdefault("rate", 0.5)
+    response = client.post("/layers", json=spec)
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The answer is an RFC 9457 problem with this status and stable code."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["code"] == code
+    assert body["type"] == f"urn:spatial-dropout:problem:{code}"
+    assert body["title"] and body["detail"]
+    return body
