@@ -1,0 +1,1 @@
+"""Wire codecs for tensors: ``.npy`` bodies (``npy``) and tensors inside JSON (``json_tensor``)."""
