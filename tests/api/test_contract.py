@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 
 from tests.conftest import ROOT
@@ -58,3 +60,17 @@ def test_health_and_readiness(client: httpx.Client) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready" and ready["layers"] >= 0
+
+
+def test_openapi_command_rewrites_and_checks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from service.cli import main
+
+    target = tmp_path / "openapi.yaml"
+    target.write_text("openapi: stale\n", encoding="utf-8")
+    assert main(["openapi", "--check", "-o", str(target)]) == 1
+    assert "differs from the app" in capsys.readouterr().err
+    assert main(["openapi", "-o", str(target)]) == 0
+    assert main(["openapi", "--check", "-o", str(target)]) == 0
+    assert target.read_text(encoding="utf-8") == (ROOT / "openapi.yaml").read_text(encoding="utf-8")
