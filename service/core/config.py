@@ -1,4 +1,4 @@
-"""What the kernel needs to know of a layer: a frozen, validated value with no HTTP or storage in it."""
+"""What the kernel needs to know of a layer: a frozen value with no HTTP or storage in it."""
 
 from __future__ import annotations
 
