@@ -16,8 +16,15 @@ from service.store import SqliteLayerStore, open_store
 
 def spec(name: str | None = None, kind: Kind = Kind.SPATIAL_2D, **extra: object) -> ResolvedSpec:
     fields: dict[str, object] = {
-        "kind": kind, "rate": 0.5, "data_format": DataFormat.CHANNELS_LAST, "batch_size": None,
-        "name": name, "trainable": True, "seed": None, "dtype": None, "noise_shape": None,
+        "kind": kind,
+        "rate": 0.5,
+        "data_format": DataFormat.CHANNELS_LAST,
+        "batch_size": None,
+        "name": name,
+        "trainable": True,
+        "seed": None,
+        "dtype": None,
+        "noise_shape": None,
     }
     fields.update(extra)
     return ResolvedSpec(**fields)  # type: ignore[arg-type]
