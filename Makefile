@@ -21,14 +21,14 @@ test: setup
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check service tests bench
-	$(BIN)/ruff format --check service tests bench
+	$(BIN)/ruff check service tests $(wildcard bench)
+	$(BIN)/ruff format --check service tests $(wildcard bench)
 	$(BIN)/mypy service
 	$(BIN)/spatial-dropout openapi --check
 
 format: setup
-	$(BIN)/ruff check --fix service tests bench
-	$(BIN)/ruff format service tests bench
+	$(BIN)/ruff check --fix service tests $(wildcard bench)
+	$(BIN)/ruff format service tests $(wildcard bench)
 
 openapi: setup
 	$(BIN)/spatial-dropout openapi
