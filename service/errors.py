@@ -196,3 +196,34 @@ class InvalidCursor(ServiceError):
 
     def __init__(self, cursor: str) -> None:
         super().__init__(f"Invalid cursor {cursor!r}: pass back the next_cursor of a page.")
+
+
+# -- the Open Inference Protocol (/v2) -----------------------------------------------------
+
+
+class InvalidInferenceHeader(ServiceError):
+    status, code, title = 400, "invalid_inference_header", "Invalid Inference-Header-Content-Length"
+
+
+class InvalidInferRequest(ServiceError):
+    status, code, title = 400, "invalid_infer_request", "Invalid inference request"
+
+
+class ModelVersionNotFound(ServiceError):
+    status, code, title = 404, "model_version_not_found", "Model version not found"
+
+    def __init__(self, model: str, version: str) -> None:
+        super().__init__(f"Model {model!r} has no version {version!r}; its only version is '1'.")
+
+
+class UnsupportedContentEncoding(ServiceError):
+    status, code, title = 415, "unsupported_content_encoding", "Unsupported Content-Encoding"
+
+    def __init__(self, encoding: str) -> None:
+        super().__init__(
+            f"Content-Encoding {encoding!r} is not supported; send identity, gzip or deflate."
+        )
+
+
+class InvalidCompressedBody(ServiceError):
+    status, code, title = 400, "invalid_compressed_body", "Corrupt compressed body"

@@ -22,3 +22,14 @@ NAMES: Final[dict[np.dtype[np.generic], str]] = {dt: name for name, dt in DTYPES
 def dtype_name(dtype: np.dtype[np.generic]) -> str | None:
     """The wire name of a supported dtype (any byte order), or None if it is not supported."""
     return NAMES.get(dtype.newbyteorder("=") if dtype.byteorder not in "=|" else dtype)
+
+
+#: Wire name -> the Open Inference Protocol's datatype name (FP32...), for every supported dtype.
+V2_DATATYPES: Final[dict[str, str]] = {
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+    "bfloat16": "BF16",
+}
+#: The inverse, derived.
+FROM_V2: Final[dict[str, str]] = {v2: name for name, v2 in V2_DATATYPES.items()}
