@@ -12,7 +12,7 @@ from service import __version__
 from service.api import problems
 from service.api.limits import BodyLimitMiddleware
 from service.api.openapi import DESCRIPTION, build_openapi
-from service.api.routes import apply, health, layers
+from service.api.routes import apply, health, layers, v2
 from service.settings import Settings
 from service.store import open_store
 
@@ -41,5 +41,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(layers.router)
     app.include_router(apply.router)
     app.include_router(health.router)
+    app.include_router(v2.router)
     app.openapi = partial(build_openapi, app)  # type: ignore[method-assign]
     return app

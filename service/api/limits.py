@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.problems import PROBLEM_MEDIA_TYPE, problem_body
+from service.api.problems import PROBLEM_MEDIA_TYPE, is_v2, problem_body, v2_error_body
 from service.errors import BodyTooLarge
 
 
@@ -26,7 +26,7 @@ class BodyLimitMiddleware:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await _send_413(send, self.max_bytes)
+            await _send_413(send, scope["path"], self.max_bytes)
             return
 
         received = 0
@@ -41,7 +41,7 @@ class BodyLimitMiddleware:
                 if received > self.max_bytes:
                     if not started and not answered:
                         answered = True
-                        await _send_413(send, self.max_bytes)
+                        await _send_413(send, scope["path"], self.max_bytes)
                     return {"type": "http.disconnect"}
             return message
 
@@ -63,15 +63,19 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _send_413(send: Send, limit: int) -> None:
+async def _send_413(send: Send, path: str, limit: int) -> None:
     err = BodyTooLarge(limit)
-    body = problem_body(err.status, err.code, err.title, err.detail)
+    if is_v2(path):
+        body, media_type = v2_error_body(err.detail), "application/json"
+    else:
+        body = problem_body(err.status, err.code, err.title, err.detail)
+        media_type = PROBLEM_MEDIA_TYPE
     await send(
         {
             "type": "http.response.start",
             "status": err.status,
             "headers": [
-                (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+                (b"content-type", media_type.encode()),
                 (b"content-length", str(len(body)).encode()),
                 (b"connection", b"close"),
             ],

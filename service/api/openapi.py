@@ -11,13 +11,17 @@ from pydantic import BaseModel
 
 from service import __version__
 from service.api.apply_models import ApplyRequest, ApplyResponse
-from service.api.problems import PROBLEM_MEDIA_TYPE, Problem
+from service.api.problems import PROBLEM_MEDIA_TYPE, Problem, V2Error
+from service.codecs.v2 import V2InferRequest, V2InferResponse
 
 #: Models that routes reference by $ref but FastAPI cannot see (bodies read by hand).
 _EXTRA_SCHEMAS: tuple[tuple[type[BaseModel], str], ...] = (
     (ApplyRequest, "validation"),
     (ApplyResponse, "serialization"),
     (Problem, "serialization"),
+    (V2Error, "serialization"),
+    (V2InferRequest, "validation"),
+    (V2InferResponse, "serialization"),
 )
 
 DESCRIPTION = """\

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any, Final
 
 import orjson
@@ -57,12 +58,49 @@ def problem_body(
     return orjson.dumps(body)
 
 
-def error_response(exc: ServiceError, errors: list[dict[str, Any]] | None = None) -> Response:
+class V2Error(BaseModel):
+    """An error under /v2: the Open Inference Protocol's clients read exactly this key."""
+
+    error: str = Field(examples=["No layer has the id or name 'sd'."])
+
+
+def is_v2(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def v2_error_body(detail: str) -> bytes:
+    return orjson.dumps({"error": detail})
+
+
+def _answer(
+    path: str,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    errors: list[dict[str, Any]] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    """The one place a failure becomes a response: a problem, or a V2 error under /v2."""
+    if is_v2(path):
+        return Response(
+            v2_error_body(detail),
+            status_code=status,
+            media_type="application/json",
+            headers=headers,
+        )
     return Response(
-        problem_body(exc.status, exc.code, exc.title, exc.detail, errors),
-        status_code=exc.status,
+        problem_body(status, code, title, detail, errors),
+        status_code=status,
         media_type=PROBLEM_MEDIA_TYPE,
+        headers=headers,
     )
+
+
+def error_response(
+    path: str, exc: ServiceError, errors: list[dict[str, Any]] | None = None
+) -> Response:
+    return _answer(path, exc.status, exc.code, exc.title, exc.detail, errors)
 
 
 def validation_details(errors: Any) -> list[dict[str, Any]]:
@@ -91,26 +129,28 @@ def validation_error(exc: ValidationError | RequestValidationError) -> ServiceEr
 def install(app: FastAPI) -> None:
     """Register the handlers that map every failure to a problem response."""
 
-    async def on_service_error(_request: Request, exc: Exception) -> Response:
+    async def on_service_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ServiceError)
         if exc.status >= 500:
             logger.warning("%s: %s", exc.code, exc.detail)
-        return error_response(exc)
+        return error_response(request.url.path, exc)
 
-    async def on_validation(_request: Request, exc: Exception) -> Response:
+    async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError | ValidationError)
         err = validation_error(exc)
         details = None if isinstance(err, InvalidJson) else validation_details(exc.errors())
-        return error_response(err, details)
+        return error_response(request.url.path, err, details)
 
-    async def on_http(_request: Request, exc: Exception) -> Response:
+    async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
         title = code.replace("_", " ").capitalize()
-        return Response(
-            problem_body(exc.status_code, code, title, str(exc.detail)),
-            status_code=exc.status_code,
-            media_type=PROBLEM_MEDIA_TYPE,
+        return _answer(
+            request.url.path,
+            exc.status_code,
+            code,
+            title,
+            str(exc.detail),
             headers=exc.headers,
         )
 

@@ -1,0 +1,307 @@
+"""/v2: the Open Inference Protocol (KServe / Triton), where each stored layer is a model.
+
+Bodies are read raw and split by ``Inference-Header-Content-Length`` (see service.codecs.v2);
+errors here are ``{"error": "..."}``, which is what the protocol's clients parse.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Path, Request, Response
+from starlette.concurrency import run_in_threadpool
+
+from service import __version__, errors
+from service.api.deps import SettingsDep, StoreDep
+from service.api.encoding import decode_content
+from service.codecs.v2 import MASK, OUTPUT, decode_infer, encode_infer
+from service.core.dtypes import V2_DATATYPES
+from service.dataplane import apply_layer
+from service.layers.signature import signature
+from service.layers.spec import Layer
+from service.settings import Settings
+from service.store import LayerStore
+
+HEADER_LENGTH: Final = "Inference-Header-Content-Length"
+VERSION: Final = "1"  # layers are not versioned; the protocol wants a version, so each has one
+SERVER_NAME: Final = "spatial-dropout"
+
+router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
+
+ModelName = Annotated[str, Path(description="The layer's name (or id).")]
+ModelVersion = Annotated[str, Path(description="Only '1' exists.")]
+
+_V2_ERROR = {
+    "description": "An error, as the protocol's clients expect it",
+    "content": {
+        "application/json": {
+            "schema": {"$ref": "#/components/schemas/V2Error"},
+            "example": {"error": "No layer has the id or name 'sd'."},
+        }
+    },
+}
+
+
+def _ok(example: Any) -> dict[str, Any]:
+    return {"description": "OK", "content": {"application/json": {"example": example}}}
+
+
+@router.get(
+    "",
+    summary="Server metadata",
+    responses={
+        200: _ok(
+            {"name": SERVER_NAME, "version": __version__, "extensions": ["binary_tensor_data"]}
+        )
+    },
+)
+def server_metadata() -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": __version__, "extensions": ["binary_tensor_data"]}
+
+
+@router.get("/health/live", summary="Liveness", responses={200: _ok({"live": True})})
+def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get(
+    "/health/ready",
+    summary="Readiness: the layer store answers",
+    responses={200: _ok({"ready": True}), 503: _V2_ERROR},
+)
+def ready(store: StoreDep) -> dict[str, bool]:
+    store.ping()
+    return {"ready": True}
+
+
+_METADATA_EXAMPLE = {
+    "name": "sd",
+    "versions": ["1"],
+    "platform": "spatial-dropout",
+    "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, -1, -1, -1]}],
+    "outputs": [
+        {"name": "output", "datatype": "FP32", "shape": [-1, -1, -1, -1]},
+        {"name": "mask", "datatype": "BOOL", "shape": [-1, -1]},
+    ],
+}
+
+
+def _metadata(layer: Layer) -> dict[str, Any]:
+    sig = signature(layer)
+    datatype = V2_DATATYPES.get(sig.dtype, "FP32")
+    return {
+        "name": layer.name,
+        "versions": [VERSION],
+        "platform": SERVER_NAME,
+        "parameters": {
+            "kind": layer.kind.value,
+            "rate": layer.rate,
+            "data_format": layer.data_format and layer.data_format.value,
+        },
+        "inputs": [{"name": "input", "datatype": datatype, "shape": sig.input_shape}],
+        "outputs": [
+            {"name": OUTPUT, "datatype": datatype, "shape": sig.input_shape},
+            {"name": MASK, "datatype": "BOOL", "shape": sig.mask_shape},
+        ],
+    }
+
+
+def _layer(store: LayerStore, name: str, version: str | None) -> Layer:
+    layer = store.get(name)
+    if version is not None and version != VERSION:
+        raise errors.ModelVersionNotFound(name, version)
+    return layer
+
+
+@router.get(
+    "/models/{name}",
+    summary="Model metadata",
+    responses={200: _ok(_METADATA_EXAMPLE), 404: _V2_ERROR},
+)
+def model_metadata(name: ModelName, store: StoreDep) -> dict[str, Any]:
+    return _metadata(_layer(store, name, None))
+
+
+@router.get(
+    "/models/{name}/versions/{version}",
+    summary="Model metadata (versioned)",
+    responses={200: _ok(_METADATA_EXAMPLE), 404: _V2_ERROR},
+)
+def model_version_metadata(
+    name: ModelName, version: ModelVersion, store: StoreDep
+) -> dict[str, Any]:
+    return _metadata(_layer(store, name, version))
+
+
+@router.get(
+    "/models/{name}/ready",
+    summary="Model readiness",
+    responses={200: _ok({"name": "sd", "ready": True}), 404: _V2_ERROR},
+)
+def model_ready(name: ModelName, store: StoreDep) -> dict[str, Any]:
+    return {"name": _layer(store, name, None).name, "ready": True}
+
+
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    summary="Model readiness (versioned)",
+    responses={200: _ok({"name": "sd", "ready": True}), 404: _V2_ERROR},
+)
+def model_version_ready(name: ModelName, version: ModelVersion, store: StoreDep) -> dict[str, Any]:
+    return {"name": _layer(store, name, version).name, "ready": True}
+
+
+_INFER_DOC: Final[dict[str, Any]] = {
+    "requestBody": {
+        "required": True,
+        "description": "A JSON infer request; with Inference-Header-Content-Length, that many "
+        "bytes of JSON followed by the binary tensor data. Content-Type is not read.",
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/V2InferRequest"},
+                "example": {
+                    "id": "42",
+                    "parameters": {"training": True, "seed": 7},
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "shape": [1, 1, 1, 3],
+                            "datatype": "FP32",
+                            "data": [1.0, 2.0, 3.0],
+                        }
+                    ],
+                    "outputs": [{"name": "output"}, {"name": "mask"}],
+                },
+            },
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "example": "(JSON header, then raw little-endian tensor bytes)",
+            },
+        },
+    },
+    "parameters": [
+        {
+            "name": HEADER_LENGTH,
+            "in": "header",
+            "required": False,
+            "description": "Length of the JSON header when binary tensor data follows it.",
+            "schema": {"type": "integer", "minimum": 1},
+        },
+    ],
+}
+
+_INFER_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
+    200: {
+        "description": "The outputs; binary ones follow the JSON header, whose length is in "
+        "Inference-Header-Content-Length.",
+        "content": {
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/V2InferResponse"},
+                "example": {
+                    "model_name": "sd",
+                    "model_version": "1",
+                    "id": "42",
+                    "parameters": {"seed": 7, "training": True},
+                    "outputs": [
+                        {
+                            "name": "output",
+                            "shape": [1, 1, 1, 3],
+                            "datatype": "FP32",
+                            "data": [2.0, 0.0, 6.0],
+                        },
+                        {
+                            "name": "mask",
+                            "shape": [1, 3],
+                            "datatype": "BOOL",
+                            "data": [True, False, True],
+                        },
+                    ],
+                },
+            },
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "example": "(JSON header, then raw output bytes)",
+            },
+        },
+    },
+    400: _V2_ERROR,
+    404: _V2_ERROR,
+    413: _V2_ERROR,
+    415: _V2_ERROR,
+    422: _V2_ERROR,
+}
+
+
+@router.post(
+    "/models/{name}/infer",
+    summary="Run the layer",
+    openapi_extra=_INFER_DOC,
+    responses=_INFER_RESPONSES,
+)
+async def infer(
+    name: ModelName, request: Request, store: StoreDep, settings: SettingsDep
+) -> Response:
+    return await _infer(name, None, request, store, settings)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    summary="Run the layer (versioned)",
+    openapi_extra=_INFER_DOC,
+    responses=_INFER_RESPONSES,
+)
+async def infer_version(
+    name: ModelName, version: ModelVersion, request: Request, store: StoreDep, settings: SettingsDep
+) -> Response:
+    return await _infer(name, version, request, store, settings)
+
+
+async def _infer(
+    name: str, version: str | None, request: Request, store: LayerStore, settings: Settings
+) -> Response:
+    body = await request.body()
+    return await run_in_threadpool(
+        _run,
+        name,
+        version,
+        body,
+        request.headers.get("content-encoding"),
+        request.headers.get(HEADER_LENGTH),
+        store,
+        settings,
+    )
+
+
+def _run(
+    name: str,
+    version: str | None,
+    body: bytes,
+    encoding: str | None,
+    header_length: str | None,
+    store: LayerStore,
+    settings: Settings,
+) -> Response:
+    layer = _layer(store, name, version)
+    body = decode_content(body, encoding, settings.max_body_bytes)
+    request = decode_infer(body, header_length, max_elements=settings.max_tensor_elements)
+    applied = apply_layer(
+        layer,
+        request.tensor,
+        training=request.training,
+        seed=request.seed,
+        sample_offset=request.sample_offset,
+    )
+    produced = {OUTPUT: applied.output}
+    if any(wanted.name == MASK for wanted in request.outputs):
+        produced[MASK] = applied.mask_matrix()
+    content, header_size = encode_infer(
+        model_name=layer.name,
+        request_id=request.request_id,
+        parameters={"seed": applied.seed, "training": request.training},
+        tensors=[(wanted, produced[wanted.name]) for wanted in request.outputs],
+    )
+    if header_size is None:
+        return Response(content, media_type="application/json")
+    return Response(
+        content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_size)}
+    )
