@@ -1,20 +1,25 @@
-"""Where layers live. ``open_store`` picks the backend from the database URL."""
+"""Where layers live. ``open_store`` picks the backend from the database URL's scheme."""
 
 from __future__ import annotations
 
 from service.store.base import LayerStore, Page
+from service.store.postgres import PostgresLayerStore, postgres_conninfo
 from service.store.sqlite import SqliteLayerStore, sqlite_path
 
 
-def open_store(database_url: str) -> LayerStore:
-    """Open the store a ``SPATIAL_DROPOUT_DATABASE_URL`` names."""
+def open_store(database_url: str, *, pool_size: int = 10) -> LayerStore:
+    """Open the store a ``SPATIAL_DROPOUT_DATABASE_URL`` names: SQLite or PostgreSQL."""
     path = sqlite_path(database_url)
-    if path is None:
-        raise ValueError(
-            f"Unsupported database URL {database_url!r}: use sqlite:///relative/path or "
-            "sqlite:////absolute/path."
-        )
-    return SqliteLayerStore(path)
+    if path is not None:
+        return SqliteLayerStore(path)
+    conninfo = postgres_conninfo(database_url)
+    if conninfo is not None:
+        return PostgresLayerStore(conninfo, pool_size=pool_size)
+    scheme = database_url.partition(":")[0]
+    raise ValueError(
+        f"Unsupported database URL scheme {scheme!r}: use sqlite:///relative/path, "
+        "sqlite:////absolute/path or postgresql://user:password@host:port/database."
+    )
 
 
-__all__ = ["LayerStore", "Page", "SqliteLayerStore", "open_store"]
+__all__ = ["LayerStore", "Page", "PostgresLayerStore", "SqliteLayerStore", "open_store"]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
+from service.errors import InvalidCursor
 from service.layers.resolve import ResolvedSpec
 from service.layers.spec import Layer
 
@@ -49,3 +51,34 @@ class LayerStore(Protocol):
     def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
         ...
+
+
+#: A cursor is the position (an integer) of the last layer of the previous page.
+_MAX_CURSOR_DIGITS: Final = 18
+
+
+def keras_next_name(base: str, taken: Iterable[str]) -> str:
+    """Keras's scheme: ``base``, then ``base_1``, ``base_2``... one past the highest in use.
+
+    ``taken`` holds the stored names equal to ``base`` or starting with ``base_``; others
+    (``base_x``, non-ASCII digits) do not count.
+    """
+    top = -1
+    for name in taken:
+        tail = name[len(base) :]
+        if name[: len(base)] != base:
+            continue
+        if tail == "":
+            top = max(top, 0)
+        elif tail[0] == "_" and tail[1:].isascii() and tail[1:].isdigit():
+            top = max(top, int(tail[1:]))
+    return base if top < 0 else f"{base}_{top + 1}"
+
+
+def decode_cursor(cursor: str | None) -> int:
+    """The position a ``next_cursor`` names (0 for the first page); InvalidCursor otherwise."""
+    if cursor is None:
+        return 0
+    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > _MAX_CURSOR_DIGITS:
+        raise InvalidCursor(cursor)
+    return int(cursor)

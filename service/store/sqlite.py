@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Final
 
 from service.errors import (
-    InvalidCursor,
     LayerNotFound,
     NameConflict,
     StoreFull,
@@ -23,7 +22,7 @@ from service.errors import (
 )
 from service.layers.resolve import DEFAULT_NAMES, ResolvedSpec
 from service.layers.spec import Layer
-from service.store.base import Page
+from service.store.base import Page, decode_cursor, keras_next_name
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS layers (
@@ -132,7 +131,7 @@ class SqliteLayerStore:
         return _row_layer(row)
 
     def list(self, limit: int, cursor: str | None = None) -> Page:
-        after = _decode_cursor(cursor)
+        after = decode_cursor(cursor)
         with self._connection() as conn:
             rows = _guard(
                 conn.execute,
@@ -163,35 +162,26 @@ class SqliteLayerStore:
 
     def close(self) -> None:
         self._closed = True
+        first = True
         while True:
             try:
-                self._pool.get_nowait().close()
+                conn = self._pool.get_nowait()
             except queue.Empty:
                 return
+            if first:
+                # Fold the WAL back into the file now, so a stopped service leaves one file
+                # (SQLite also does this when the last connection closes, if it can).
+                first = False
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.close()
 
 
 def _next_name(conn: sqlite3.Connection, base: str) -> str:
-    """Keras's scheme: ``base``, then ``base_1``, ``base_2``... one past the highest in use."""
     rows = conn.execute(
         "SELECT name FROM layers WHERE name = ? OR name GLOB ?", (base, f"{base}_[0-9]*")
     ).fetchall()
-    suffixes = [-1]
-    for (name,) in rows:
-        tail = name[len(base) :]
-        if tail == "":
-            suffixes.append(0)
-        elif tail[1:].isdigit() and tail[1:].isascii():
-            suffixes.append(int(tail[1:]))
-    top = max(suffixes)
-    return base if top < 0 else f"{base}_{top + 1}"
-
-
-def _decode_cursor(cursor: str | None) -> int:
-    if cursor is None:
-        return 0
-    if not cursor.isascii() or not cursor.isdigit() or len(cursor) > 18:
-        raise InvalidCursor(cursor)
-    return int(cursor)
+    return keras_next_name(base, (name for (name,) in rows))
 
 
 def _row_layer(row: tuple[Any, ...]) -> Layer:
