@@ -267,6 +267,25 @@ def test_kept_values_are_the_correctly_rounded_quotient(dtype: np.dtype[Any], ra
         assert np.any(bits(unrounded[kept]) != bits(expected[kept]))
 
 
+@pytest.mark.parametrize("dtype", [np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16)], ids=str)
+@pytest.mark.parametrize("rate", [0.1, 0.3, 0.77])
+def test_large_two_byte_tensors_divide_every_bit_pattern_correctly(
+    dtype: np.dtype[Any], rate: float
+) -> None:
+    # 2**16 elements take the lookup-table path; every possible value appears once.
+    x = np.arange(1 << 16, dtype=np.uint16).view(dtype).reshape(1, 1 << 16)
+    result = apply(DropoutConfig(Kind.DROPOUT, rate), x, training=True, seed=3)
+    keep = exact_keep(rate, dtype)
+    with np.errstate(all="ignore"):
+        expected = (x.astype(np.float64) / float(keep)).astype(dtype)
+    kept = result.mask & ~np.isnan(x.astype(np.float32))
+    assert np.array_equal(bits(result.output[kept]), bits(expected[kept]))
+    assert np.isnan(
+        result.output[result.mask & np.isnan(x.astype(np.float32))].astype(np.float32)
+    ).all()
+    assert not np.any(bits(result.output[~result.mask]))
+
+
 @settings(max_examples=200, deadline=None)
 @given(rate=st.floats(min_value=0, max_value=1), which=st.sampled_from(FLOATS))
 def test_keep_factor_is_one_minus_rate_correctly_rounded(rate: float, which: np.dtype[Any]) -> None:
@@ -519,3 +538,32 @@ def test_golden_masks(
         mask = mask.reshape(-1)
     assert mask.astype(int).tolist() == expected
     assert kernel.mask_shape(config, shape) == keep_mask_for(config, shape, seed, offset).shape
+
+
+@pytest.mark.parametrize(
+    ("shape", "fmt", "rate"),
+    [
+        ((3, 300, 300, 3), DataFormat.CHANNELS_LAST, 0.5),  # long rows, blocks with a remainder
+        ((6, 130, 130, 2), DataFormat.CHANNELS_LAST, 0.5),  # rows all kept / all dropped too
+        ((2, 5, 260, 260), DataFormat.CHANNELS_FIRST, 0.4),  # maps over a block: runs of maps
+        ((40, 3, 30, 30), DataFormat.CHANNELS_FIRST, 0.6),  # small maps: several per block
+        ((50, 20, 20, 7), DataFormat.CHANNELS_LAST, 0.3),  # short rows
+    ],
+)
+@pytest.mark.parametrize("dtype", FLOATS, ids=str)
+def test_blocked_paths_equal_the_plain_formula(
+    shape: tuple[int, ...], fmt: DataFormat, rate: float, dtype: np.dtype[Any]
+) -> None:
+    # The fast paths work block by block; this reference is the textbook whole-array formula.
+    config = DropoutConfig(Kind.SPATIAL_2D, rate, fmt)
+    x = random_input(shape, dtype, seed=len(shape) + shape[0])
+    mask = keep_mask_for(config, x.shape, seed=9)
+    keep = exact_keep(rate, dtype)
+    with np.errstate(all="ignore"):
+        quotient = (x.astype(np.float64) / float(keep)).astype(dtype)
+    expected = np.where(np.broadcast_to(mask, x.shape), quotient, np.zeros((), dtype))
+    nan_kept = np.isnan(x.astype(np.float64)) & np.broadcast_to(mask, x.shape)
+    in_place = x.copy()
+    for source, out in ((x, None), (x, np.empty_like(x)), (in_place, in_place)):
+        result = apply(config, source, training=True, seed=9, out=out)
+        assert np.all((bits(result.output) == bits(expected)) | nan_kept)
