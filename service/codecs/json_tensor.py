@@ -64,13 +64,23 @@ class TensorForm(StrEnum):
 
 
 def decode_tensor(
-    value: object, *, dtype: str | None = None, max_elements: int
+    value: object, *, dtype: str | None = None, max_elements: int, no_booleans: bool = False
 ) -> tuple[NDArray[Any], TensorForm]:
     """The array in a parsed JSON ``input`` value, and the form it came in.
 
     Nested lists take ``dtype`` (default float32); the flat object carries its own ``dtype``
     (default float32), which ``dtype`` may repeat but not contradict.
+
+    ``no_booleans`` is the caller's promise that the JSON text held no ``true``/``false``
+    inside the tensor (see ``may_hold_booleans``). Then numpy's own type discovery, which
+    catches strings, nulls, objects and ragged lists but reads a boolean as 0 or 1, can stand
+    in for the per-value type scan, and decoding costs one conversion. Anything unusual falls
+    back to the exact path, which also words the errors.
     """
+    if no_booleans:
+        fast = _decode_fast(value, dtype, max_elements)
+        if fast is not None:
+            return fast
     if isinstance(value, dict):
         return _decode_flat(value, dtype, max_elements), TensorForm.FLAT
     if isinstance(value, list):
@@ -82,6 +92,104 @@ def decode_tensor(
         f"'input' must be nested lists of numbers or an object with 'shape', 'dtype' and "
         f"'data'; got {_json_type(value)}."
     )
+
+
+def may_hold_booleans(body: bytes | memoryview, envelope: object) -> bool:
+    """Whether a JSON body may hold ``true``/``false`` outside ``envelope`` (its non-tensor
+    fields): every JSON boolean is one of those literal tokens, so when the body has no more
+    of them than the envelope holds booleans, the tensor has none. Strings that contain the
+    words only make this answer "may", never a wrong "no"."""
+    raw = bytes(body) if isinstance(body, memoryview) else body
+    return raw.count(b"true") + raw.count(b"false") > _count_booleans(envelope)
+
+
+def _count_booleans(value: object) -> int:
+    """Booleans in a small parsed JSON value (the request envelope), iteratively."""
+    count, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is bool:
+            count += 1
+        elif type(item) is dict:
+            stack.extend(item.values())
+        elif type(item) is list:
+            stack.extend(item)
+    return count
+
+
+def _decode_fast(
+    value: object, dtype: str | None, max_elements: int
+) -> tuple[NDArray[Any], TensorForm] | None:
+    """numpy's discovery and one cast, or None to take the exact path (which also words every
+    error: this path never raises, so both paths fail alike)."""
+    own = value.get("dtype") if isinstance(value, dict) else None
+    if own is not None and dtype is not None and own != dtype:
+        return None
+    name = own if own is not None else dtype if dtype is not None else DEFAULT_DTYPE
+    if type(name) is not str or name not in DTYPES:
+        return None
+    if isinstance(value, dict):
+        shape, leaves, form = value.get("shape"), value.get("data"), TensorForm.FLAT
+        if value.keys() - _FLAT_KEYS or type(leaves) is not list or type(shape) is not list:
+            return None
+        if not all(type(dim) is int and dim >= 0 for dim in shape):
+            return None
+        shape = tuple(shape)
+    elif isinstance(value, list):
+        shape, leaves, form = _probe_shape(value), value, TensorForm.NESTED
+    else:
+        return None
+    if shape is None or len(shape) > MAX_RANK or math.prod(shape) > max_elements:
+        return None
+    try:
+        found = np.asarray(leaves)
+    except (ValueError, OverflowError):
+        return None  # ragged, too deep, or a huge integer
+    wanted = (math.prod(shape),) if form is TensorForm.FLAT else shape
+    if found.dtype.kind not in "fiu" or found.shape != wanted:
+        return None  # strings, nulls, objects, all-booleans, a flat list that is not flat
+    with np.errstate(over="ignore"):
+        # Integers go through float64 as on the exact path, so both round alike.
+        out = _narrow(found.astype(np.float64, copy=False).reshape(shape), name)
+    if not np.isfinite(out).all():
+        return None  # a number out of range
+    return out, form
+
+
+def _probe_shape(value: list[Any]) -> tuple[int, ...] | None:
+    """The shape nested lists claim along their first elements (checked by numpy after)."""
+    shape: list[int] = []
+    item: Any = value
+    while type(item) is list:
+        if len(shape) == MAX_RANK:
+            return None
+        shape.append(len(item))
+        if not item:
+            break
+        item = item[0]
+    return tuple(shape)
+
+
+def _narrow(wide: NDArray[Any], name: str) -> NDArray[Any]:
+    """Numbers (float64 or integers) as dtype ``name``, rounded once to nearest even.
+
+    ml_dtypes converts float64 to bfloat16 through float32, which can round twice; rounding
+    to float32 *to odd* first keeps enough information for the second rounding to be exact.
+    """
+    target = DTYPES[name]
+    if name != "bfloat16":
+        return wide.astype(target, copy=False)
+    wide = wide.astype(np.float64, copy=False)
+    single = wide.astype(np.float32)
+    inexact = single.astype(np.float64) != wide
+    if inexact.any():
+        bits = single.view(np.uint32)
+        even = (bits & 1) == 0
+        fix = inexact & even & np.isfinite(single)
+        away = np.abs(wide) > np.abs(single.astype(np.float64))
+        bits[fix & away] += 1
+        bits[fix & ~away] -= 1
+    return single.astype(target)
 
 
 def encode_tensor(array: NDArray[Any], form: TensorForm) -> object:
@@ -229,7 +337,7 @@ def _to_array(leaves: list[Any], shape: tuple[int, ...], name: str, where: _Path
         index = next(i for i, v in enumerate(leaves) if _overflows_float64(v))
         raise _out_of_range(leaves[index], where(index, shape), "float64") from None
     with np.errstate(over="ignore"):  # overflow is detected below, not warned about
-        out = wide.reshape(shape).astype(DTYPES[name], copy=False)
+        out = _narrow(wide.reshape(shape), name)
     finite = np.isfinite(out)
     if not finite.all():
         index = int(np.argmin(finite.reshape(-1)))

@@ -13,7 +13,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.typing import NDArray
 
-from service.codecs.json_tensor import TensorForm, decode_tensor, encode_tensor
+from service.codecs.json_tensor import (
+    TensorForm,
+    decode_tensor,
+    encode_tensor,
+    may_hold_booleans,
+)
 from service.errors import (
     InvalidShape,
     RaggedTensor,
@@ -315,3 +320,70 @@ def test_any_json_fails_only_with_service_errors(value: object, dtype: str | Non
         return
     assert array.dtype in {np.dtype(v) for v in DTYPES.values()}
     assert np.isfinite(array).all()
+
+
+def _has_boolean(value: object) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is bool:
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _outcome(value: object, dtype: str | None, fast: bool) -> tuple[str, object]:
+    try:
+        array, form = decode_tensor(value, dtype=dtype, max_elements=LIMIT, no_booleans=fast)
+    except ServiceError as exc:
+        return type(exc).__name__, exc.detail
+    return str(form), (array.dtype, array.shape, bits(array).tobytes())
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    _JSON | _FLATISH | finite_arrays(min_dims=1).map(lambda a: a.tolist()),
+    st.sampled_from([None, *DTYPES, "int8"]),
+)
+def test_the_fast_path_decodes_and_fails_exactly_as_the_exact_path(
+    value: object, dtype: str | None
+) -> None:
+    if _has_boolean(value):
+        return  # the fast path is only taken when the body had no booleans
+    assert _outcome(value, dtype, fast=True) == _outcome(value, dtype, fast=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(finite_arrays(min_dims=1), st.sampled_from(list(TensorForm)))
+def test_the_fast_path_round_trips_bit_exactly(array: NDArray[Any], form: TensorForm) -> None:
+    wire = dumps_loads(encode_tensor(array, form))
+    name = {np.dtype(v): k for k, v in DTYPES.items()}[array.dtype]
+    decoded, got = decode_tensor(wire, dtype=name, max_elements=LIMIT, no_booleans=True)
+    assert got is form and decoded.dtype == array.dtype
+    np.testing.assert_array_equal(bits(decoded).reshape(-1), bits(array).reshape(-1))
+
+
+def test_json_numbers_round_once_to_bfloat16() -> None:
+    # Just above the midpoint of 1.0 and the next bfloat16 (1.0078125): correctly rounded it
+    # goes up; through float32 by round-to-nearest it would first land on the midpoint
+    # 1.00390625 and then tie to even, down to 1.0.
+    value = 1.00390625 + 2.0**-40
+    for fast in (False, True):
+        decoded, _ = decode_tensor([value], dtype="bfloat16", max_elements=LIMIT, no_booleans=fast)
+        assert float(decoded[0]) == 1.0078125
+
+
+@pytest.mark.parametrize(
+    ("body", "envelope", "may"),
+    [
+        (b'{"training": true, "input": [1.0, 2.0]}', {"training": True}, False),
+        (b'{"training": true, "input": [1.0, false]}', {"training": True}, True),
+        (b'{"layer": "untrue", "input": [1.0]}', {"layer": "untrue"}, True),  # cautious
+        (b'{"spec": {"trainable": false}, "input": [0]}', {"spec": {"trainable": False}}, False),
+    ],
+)
+def test_may_hold_booleans(body: bytes, envelope: object, may: bool) -> None:
+    assert may_hold_booleans(body, envelope) is may
