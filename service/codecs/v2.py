@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticValidationError
 
-from service.codecs.json_tensor import decode_tensor
+from service.codecs.json_tensor import decode_tensor, may_hold_booleans
 from service.codecs.npy import check_shape, format_shape
 from service.core.dtypes import DTYPES, FROM_V2, V2_DATATYPES, dtype_name
 from service.errors import (
@@ -169,7 +169,8 @@ def decode_infer(
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidInferRequest(f"{where}: {first['msg']}") from None
     spec = request.inputs[0]
-    tensor = _input_tensor(spec, data, tail, max_elements)
+    no_booleans = not may_hold_booleans(head, payload)
+    tensor = _input_tensor(spec, data, tail, max_elements, no_booleans)
     params = request.parameters or {}
     return DecodedInfer(
         request_id=request.id,
@@ -182,7 +183,7 @@ def decode_infer(
 
 
 def _input_tensor(
-    spec: V2InputTensor, data: object, tail: memoryview, max_elements: int
+    spec: V2InputTensor, data: object, tail: memoryview, max_elements: int, no_booleans: bool
 ) -> NDArray[Any]:
     name = FROM_V2.get(spec.datatype)
     if name is None:
@@ -198,7 +199,7 @@ def _input_tensor(
             )
         if data is None:
             raise InvalidInferRequest(f"Input {spec.name!r} has neither data nor binary data.")
-        return _json_tensor(data, shape, name, max_elements)
+        return _json_tensor(data, shape, name, max_elements, no_booleans)
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise InvalidInferRequest("parameters.binary_data_size must be a non-negative integer.")
     if data is not None:
@@ -217,10 +218,12 @@ def _input_tensor(
 
 
 def _json_tensor(
-    data: object, shape: tuple[int, ...], name: str, max_elements: int
+    data: object, shape: tuple[int, ...], name: str, max_elements: int, no_booleans: bool
 ) -> NDArray[Any]:
     if isinstance(data, list) and data and isinstance(data[0], list):
-        array, _form = decode_tensor(data, dtype=name, max_elements=max_elements)
+        array, _form = decode_tensor(
+            data, dtype=name, max_elements=max_elements, no_booleans=no_booleans
+        )
         if array.shape != shape:
             raise ShapeMismatch(
                 f"The nested data has shape {format_shape(array.shape)}, but the input "
@@ -228,7 +231,9 @@ def _json_tensor(
             )
         return array
     array, _form = decode_tensor(
-        {"shape": list(shape), "dtype": name, "data": data}, max_elements=max_elements
+        {"shape": list(shape), "dtype": name, "data": data},
+        max_elements=max_elements,
+        no_booleans=no_booleans,
     )
     return array
 
