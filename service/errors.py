@@ -227,3 +227,36 @@ class UnsupportedContentEncoding(ServiceError):
 
 class InvalidCompressedBody(ServiceError):
     status, code, title = 400, "invalid_compressed_body", "Corrupt compressed body"
+
+
+# -- ONNX export and the onnxruntime engine ------------------------------------------------
+
+
+class UnsupportedOpset(ServiceError):
+    status, code, title = 422, "unsupported_opset", "Unsupported ONNX opset"
+
+    def __init__(self, opset: int, lowest: int, newest: int) -> None:
+        super().__init__(
+            f"opset {opset} is not offered: choose one from {lowest} to {newest} (the newest "
+            "that both the installed onnx and onnxruntime support)."
+        )
+
+
+class UnsupportedOnnxDtype(ServiceError):
+    status, code, title = 422, "unsupported_onnx_dtype", "dtype not available in ONNX"
+
+    def __init__(self, dtype: str, reason: str) -> None:
+        super().__init__(
+            f"No ONNX model for {dtype}: {reason}. Models are exported for float16, float32 "
+            "and float64; the numpy engine runs every dtype."
+        )
+
+
+class SeedRequired(ServiceError):
+    status, code, title = 422, "seed_required", "A seed is required"
+
+    def __init__(self, layer: str) -> None:
+        super().__init__(
+            f"Layer {layer!r} has no seed, and an exported model bakes its seed in: "
+            "pass one (?seed= or --seed)."
+        )

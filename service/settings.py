@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.core.config import DataFormat
@@ -36,3 +38,23 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
     """uvicorn's log level: critical, error, warning, info, debug or trace."""
+
+    log_format: Literal["json", "text"] = "json"
+    """``json``: one JSON object per line (time, level, message, request_id, ...); ``text``."""
+
+    graceful_shutdown_seconds: int = Field(default=30, ge=1)
+    """On SIGTERM, how long in-flight requests may still run before they are cancelled."""
+
+    database_pool_size: int = Field(default=10, ge=1)
+    """Most PostgreSQL connections one worker process keeps open (SQLite ignores it)."""
+
+    api_tokens: SecretStr = SecretStr("")
+    """Bearer tokens, comma-separated; when set, writes need ``Authorization: Bearer <token>``."""
+
+    auth_reads: bool = False
+    """With ``API_TOKENS`` set, reads (GET) need a token too; probes and /metrics stay open."""
+
+    def tokens(self) -> tuple[str, ...]:
+        """The configured bearer tokens, blanks dropped; empty when auth is off."""
+        raw = self.api_tokens.get_secret_value()
+        return tuple(token.strip() for token in raw.split(",") if token.strip())

@@ -98,9 +98,12 @@ def _answer(
 
 
 def error_response(
-    path: str, exc: ServiceError, errors: list[dict[str, Any]] | None = None
+    path: str,
+    exc: ServiceError,
+    errors: list[dict[str, Any]] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> Response:
-    return _answer(path, exc.status, exc.code, exc.title, exc.detail, errors)
+    return _answer(path, exc.status, exc.code, exc.title, exc.detail, errors, headers)
 
 
 def validation_details(errors: Any) -> list[dict[str, Any]]:

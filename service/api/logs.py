@@ -1,0 +1,80 @@
+"""Logs: one JSON object per line (or plain text), with the request id of the request served."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import orjson
+
+from service import telemetry
+
+#: The logger of the one line each request leaves (uvicorn's own access log is turned off).
+ACCESS_LOGGER: Final = "service.access"
+#: uvicorn's level names; "trace" is uvicorn's own level, below debug.
+LEVELS: Final[dict[str, int]] = {
+    "critical": logging.CRITICAL,
+    "error": logging.ERROR,
+    "warning": logging.WARNING,
+    "info": logging.INFO,
+    "debug": logging.DEBUG,
+    "trace": 5,
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """``{"time", "level", "logger", "message", "request_id", ...fields}`` on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        context = telemetry.current()
+        if context is not None:
+            entry["request_id"] = context.request_id
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update(fields)
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry, default=str).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """A readable line for a terminal, with the request id when there is one."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        context = telemetry.current()
+        return line if context is None else f"{line} [{context.request_id}]"
+
+
+def log_config(level: str, fmt: str) -> dict[str, Any]:
+    """A ``logging.config.dictConfig`` for uvicorn's ``log_config``: every worker applies it."""
+    number = LEVELS.get(level.lower(), logging.INFO)
+    formatter = JsonFormatter if fmt == "json" else TextFormatter
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": {"()": f"{formatter.__module__}.{formatter.__qualname__}"}},
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "default",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {
+            "uvicorn": {"handlers": ["default"], "level": number, "propagate": False},
+            "uvicorn.error": {"level": number},
+            "uvicorn.access": {"handlers": [], "level": logging.WARNING, "propagate": False},
+            "service": {"handlers": ["default"], "level": number, "propagate": False},
+        },
+    }

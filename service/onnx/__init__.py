@@ -1,0 +1,1 @@
+"""ONNX export of layers and the onnxruntime engine that runs them."""

@@ -1,0 +1,167 @@
+"""Request ids and the one JSON log line per request: in-process, and from a real server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.api.app import create_app
+from service.api.logs import JsonFormatter, log_config
+from service.settings import Settings
+from tests.conftest import Server
+from tests.inprocess import InProcess
+
+HEX_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class Lines(logging.Handler):
+    """Formats each record as it is emitted (the request's context is live only then)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter())
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(json.loads(self.format(record)))
+
+
+@pytest.fixture
+def logged() -> Iterator[Lines]:
+    handler = Lines()
+    logger = logging.getLogger("service")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    yield handler
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+@pytest.fixture
+def app_client(tmp_path: Path) -> Iterator[InProcess]:
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path}/o.sqlite3"))
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise RuntimeError("a bug")
+
+    with InProcess(app) as client:
+        yield client
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        ("abc-123", True),
+        ("4bf92f3577b34da6a3ce929d0e0e4736", True),
+        ("00-4bf92f35-00f067aa.1:b+/=", True),
+        ("x" * 128, True),
+        ("x" * 129, False),  # too long
+        ("has space", False),
+        ("-leading-dash", False),
+        ("naïve", False),
+        ("", False),
+    ],
+)
+def test_a_sane_incoming_request_id_is_kept_else_replaced(
+    app_client: InProcess, sent: str, kept: bool
+) -> None:
+    response = app_client.get("/healthz", headers={"X-Request-ID": sent.encode()})
+    got = response.headers["x-request-id"]
+    if kept:
+        assert got == sent
+    else:
+        assert HEX_ID.fullmatch(got)
+
+
+def test_each_request_gets_its_own_id(app_client: InProcess) -> None:
+    ids = {app_client.get("/healthz").headers["x-request-id"] for _ in range(5)}
+    assert len(ids) == 5 and all(HEX_ID.fullmatch(i) for i in ids)
+
+
+def test_one_access_line_per_request_with_route_and_id(
+    app_client: InProcess, logged: Lines
+) -> None:
+    made = app_client.post("/layers", json={"name": "logged", "rate": 0.5})
+    assert made.status_code == 201
+    response = app_client.get("/layers/logged", headers={"X-Request-ID": "req-42"})
+    assert response.status_code == 200
+    access = [line for line in logged.lines if line["logger"] == "service.access"]
+    assert len(access) == 2
+    line = access[1]
+    assert line["request_id"] == "req-42"
+    assert (line["method"], line["path"], line["route"], line["status"]) == (
+        "GET",
+        "/layers/logged",
+        "/layers/{ref}",
+        200,
+    )
+    assert line["level"] == "info" and line["message"].startswith("GET /layers/logged 200 ")
+    assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", line["time"])
+    assert access[0]["request_id"] == made.headers["x-request-id"]
+
+
+def test_a_500_carries_the_id_and_its_error_line_names_it(
+    app_client: InProcess, logged: Lines
+) -> None:
+    response = app_client.get("/boom", headers={"X-Request-ID": "trace-500"})
+    assert response.status_code == 500
+    assert response.headers["x-request-id"] == "trace-500"
+    errors = [line for line in logged.lines if line["level"] == "error"]
+    assert len(errors) == 1
+    assert errors[0]["request_id"] == "trace-500"
+    assert "RuntimeError: a bug" in errors[0]["exception"]
+    (access,) = [line for line in logged.lines if line["logger"] == "service.access"]
+    assert (access["status"], access["route"]) == (500, "/boom")
+
+
+def test_an_unknown_path_is_logged_as_unmatched(app_client: InProcess, logged: Lines) -> None:
+    assert app_client.get("/no/such/thing").status_code == 404
+    (access,) = [line for line in logged.lines if line["logger"] == "service.access"]
+    assert (access["route"], access["status"]) == ("unmatched", 404)
+    assert access["path"] == "/no/such/thing"
+
+
+def test_log_config_levels_and_formats() -> None:
+    config = log_config("WARNING", "json")
+    assert config["loggers"]["service"]["level"] == logging.WARNING
+    assert config["formatters"]["default"]["()"] == "service.api.logs.JsonFormatter"
+    assert log_config("trace", "text")["formatters"]["default"]["()"].endswith("TextFormatter")
+
+
+def test_a_real_server_writes_json_lines(tmp_path: Path) -> None:
+    server = Server(tmp_path / "logs.sqlite3", env={"SPATIAL_DROPOUT_LOG_LEVEL": "info"}).start()
+    try:
+        response = httpx.get(f"{server.url}/layers", headers={"X-Request-ID": "from-outside"})
+        assert response.headers["x-request-id"] == "from-outside"
+        assert server.log is not None
+        line = _wait_for_line(server.log, "from-outside")
+    finally:
+        server.stop()
+    assert line["route"] == "/layers" and line["status"] == 200
+    text = server.log.read_text()
+    records = [json.loads(raw) for raw in text.splitlines() if raw.strip()]
+    assert all({"time", "level", "message"} <= record.keys() for record in records)
+    assert any(record["message"].startswith("Uvicorn running on") for record in records)
+    assert not any("GET /layers HTTP/1.1" in raw for raw in text.splitlines())  # no uvicorn access
+
+
+def _wait_for_line(log: Path, request_id: str) -> dict[str, Any]:
+    """The access line is written just after the answer goes out: poll for it, boundedly."""
+    for _ in range(200):
+        for raw in log.read_text().splitlines():
+            if request_id in raw:
+                record: dict[str, Any] = json.loads(raw)
+                return record
+        time.sleep(0.05)
+    raise AssertionError(f"no log line for {request_id}:\n{log.read_text()}")
