@@ -1,0 +1,149 @@
+"""What the image does, without Docker: build the wheel, install it into a clean virtual
+environment, serve from it with the source tree nowhere on the path, and call it.
+
+Slow (about a minute: pip installs the dependencies, from its cache when it can), so it runs
+once, in one test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import ROOT, free_port
+from tests.docker.test_files import instructions
+
+
+def _run(*command: str | Path, cwd: Path, env: dict[str, str]) -> str:
+    done = subprocess.run(
+        [str(part) for part in command],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """The environment less anything that would put this checkout on the path."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"} and not k.startswith(PREFIX)
+    }
+    return {**env, **extra}
+
+
+PREFIX = "SPATIAL_DROPOUT_"
+
+
+def test_the_wheel_serves_from_a_clean_virtualenv(tmp_path: Path) -> None:
+    # The build context the Dockerfile copies, and nothing else.
+    context = tmp_path / "context"
+    context.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, context / name)
+    shutil.copytree(
+        ROOT / "service", context / "service", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    env = _clean_env()
+    dist = tmp_path / "dist"
+    _run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--quiet",
+        "--no-deps",
+        "-w",
+        dist,
+        context,
+        cwd=tmp_path,
+        env=env,
+    )
+    (wheel,) = dist.glob("spatial_dropout_service-*.whl")
+
+    venv = tmp_path / "venv"
+    _run(sys.executable, "-m", "venv", venv, cwd=tmp_path, env=env)
+    python, bindir = venv / "bin" / "python", venv / "bin"
+    _run(
+        python,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        wheel,
+        cwd=tmp_path,
+        env=env,
+    )
+
+    where = tmp_path / "elsewhere"
+    where.mkdir()
+    located = _run(python, "-c", "import service; print(service.__file__)", cwd=where, env=env)
+    assert Path(located.strip()).is_relative_to(venv)  # the installed copy, not this checkout
+
+    port = free_port()
+    data = tmp_path / "data"
+    serve_env = _clean_env(
+        PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}",
+        SPATIAL_DROPOUT_HOST="127.0.0.1",
+        SPATIAL_DROPOUT_PORT=str(port),
+        SPATIAL_DROPOUT_WORKERS="1",
+        SPATIAL_DROPOUT_DATABASE_URL=f"sqlite:///{data}/layers.sqlite3",
+    )
+    log = (tmp_path / "serve.log").open("wb")
+    process = subprocess.Popen(
+        [str(bindir / "spatial-dropout"), "serve"], cwd=where, env=serve_env, stdout=log, stderr=log
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_ready(url, process, tmp_path / "serve.log")
+        made = httpx.post(f"{url}/layers", json={"name": "sd", "rate": 0.5, "seed": 7})
+        assert made.status_code == 201, made.text
+        applied = httpx.post(
+            f"{url}/apply",
+            json={"layer": "sd", "training": True, "return_mask": True, "input": [[[[1, 2, 3]]]]},
+        )
+        assert applied.status_code == 200
+        assert applied.json()["mask"] == [[True, False, True]]  # the README's seed-7 mask
+        assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
+        _run(*_healthcheck(), cwd=where, env=serve_env)  # the image's HEALTHCHECK, as written
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        log.close()
+    assert (data / "layers.sqlite3").exists()
+
+
+def _healthcheck() -> list[str]:
+    (health,) = [rest for word, rest in instructions() if word == "HEALTHCHECK"]
+    command: list[str] = json.loads(health[health.index("CMD") + 3 :].strip())
+    return command
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    for _ in range(600):
+        if process.poll() is not None:
+            raise AssertionError(f"serve exited early:\n{log.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"serve did not become ready:\n{log.read_text()}")
