@@ -63,19 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(host: str | None, port: int | None, workers: int | None) -> int:
-    import uvicorn
+    from service.serve import serve
 
-    settings = Settings()
-    workers = workers or settings.workers
-    uvicorn.run(
-        "service.api.app:create_app",
-        factory=True,
-        host=host or settings.host,
-        port=settings.port if port is None else port,
-        workers=workers,
-        log_level=settings.log_level,
-    )
-    return 0
+    return serve(host, port, workers)
 
 
 def _seed(text: str) -> int:

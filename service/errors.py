@@ -260,3 +260,20 @@ class SeedRequired(ServiceError):
             f"Layer {layer!r} has no seed, and an exported model bakes its seed in: "
             "pass one (?seed= or --seed)."
         )
+
+
+# -- authentication (SPATIAL_DROPOUT_API_TOKENS) -------------------------------------------
+
+
+class Unauthorized(ServiceError):
+    status, code, title = 401, "unauthorized", "Authentication required"
+
+    def __init__(self, detail: str = "This request needs `Authorization: Bearer <token>`.") -> None:
+        super().__init__(detail)
+
+
+class Forbidden(ServiceError):
+    status, code, title = 403, "forbidden", "Forbidden"
+
+    def __init__(self) -> None:
+        super().__init__("The bearer token is not one this server accepts.")

@@ -10,6 +10,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 
 from service import __version__
+from service.api import auth
 from service.api.apply_models import ApplyRequest, ApplyResponse
 from service.api.problems import PROBLEM_MEDIA_TYPE, Problem, V2Error
 from service.codecs.v2 import V2InferRequest, V2InferResponse
@@ -52,6 +53,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
                 schemas.setdefault(name, sub)
             schemas[model.__name__] = schema
         _problems_for_validation(doc)
+        auth.document(doc)
         app.openapi_schema = doc
     return app.openapi_schema
 
