@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup serve test lint format openapi check clean
+.PHONY: setup serve test lint format openapi check bench clean
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,16 @@ openapi: setup
 	$(BIN)/spatial-dropout openapi
 
 check: lint test
+
+# Issue 5's benchmark (not a test: it asserts nothing; README, "Performance"). The load points
+# use Debian's wrk, installed here when missing (as root); without it bench/ falls back to its
+# own Python load generator. `make bench BENCH_ARGS=--quick` for a smoke run.
+BENCH_ARGS ?=
+bench: setup
+	@command -v wrk >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } \
+	  || echo "wrk is not installed: bench uses its Python load generator" >&2
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis data

@@ -1,0 +1,1 @@
+"""Issue 5's benchmark (not a test): ``python -m bench.run``; see README, "Performance"."""
