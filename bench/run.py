@@ -6,7 +6,7 @@ a shared machine hits both), and the ratio of the two. Progress goes to stderr; 
 markdown table, ready to paste into the README.
 
     python -m bench.run                    # everything, about 6 minutes on 2 cores
-    python -m bench.run --quick            # smoke run, under a minute
+    python -m bench.run --quick            # smoke run, under 2 minutes
     python -m bench.run --only kernel,rss --repeat 9
 
 Sections (``--only``/``--skip``): kernel, http, json, small, rss, workers. Every server is a
