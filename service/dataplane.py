@@ -1,4 +1,4 @@
-"""What /apply does once HTTP is out of the way: pick the layer and seed, run the kernel.
+"""What /apply does once HTTP is out of the way: pick the layer and seed, run the engine.
 
 Shared by every protocol that runs a layer (the JSON and .npy forms of /apply today).
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -16,9 +16,13 @@ from service.core import kernel
 from service.core.config import DropoutConfig
 from service.layers.resolve import DEFAULT_NAMES, ResolvedSpec, dropout_config
 from service.layers.spec import Layer
+from service.onnx.engine import OnnxEngine
 
 #: Seeds the server draws stay below 2**53, so a JavaScript client can replay them exactly.
 DRAWN_SEED_BITS: Final = 53
+
+#: What runs a layer: the numpy kernel, or the layer's exported graph in onnxruntime.
+Engine = Literal["numpy", "onnxruntime"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +57,14 @@ def apply_layer(
     training: bool,
     seed: int | None,
     sample_offset: int,
+    onnx: OnnxEngine | None = None,
 ) -> Applied:
-    """Run ``layer`` on ``x``; the answer carries the seed used so the call can be replayed."""
+    """Run ``layer`` on ``x``; the answer carries the seed used so the call can be replayed.
+
+    With ``onnx``, the layer runs through its exported graph in onnxruntime (same answer).
+    """
     used = choose_seed(seed, layer.seed)
     config = dropout_config(layer)
-    result = kernel.apply(config, x, training=training, seed=used, sample_offset=sample_offset)
+    run = kernel.apply if onnx is None else onnx.apply
+    result = run(config, x, training=training, seed=used, sample_offset=sample_offset)
     return Applied(result.output, result.mask, used, layer_name(layer), config)

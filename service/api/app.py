@@ -12,7 +12,8 @@ from service import __version__
 from service.api import problems
 from service.api.limits import BodyLimitMiddleware
 from service.api.openapi import DESCRIPTION, build_openapi
-from service.api.routes import apply, health, layers, v2
+from service.api.routes import apply, health, layers, onnx, v2
+from service.onnx.engine import OnnxEngine
 from service.settings import Settings
 from service.store import open_store
 
@@ -24,9 +25,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.store = open_store(settings.database_url)
+        app.state.onnx_engine = OnnxEngine()
         try:
             yield
         finally:
+            app.state.onnx_engine.close()
             app.state.store.close()
 
     app = FastAPI(
@@ -40,6 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(layers.router)
     app.include_router(apply.router)
+    app.include_router(onnx.router)
     app.include_router(health.router)
     app.include_router(v2.router)
     app.openapi = partial(build_openapi, app)  # type: ignore[method-assign]

@@ -6,6 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, Tag
 
+from service.dataplane import Engine
 from service.layers.spec import KerasLayerConfig, LayerCreate, Seed
 
 
@@ -41,6 +42,11 @@ class ApplyEnvelope(BaseModel):
     )
     dtype: Literal["float16", "float32", "float64", "bfloat16"] | None = Field(
         default=None, description="dtype of a nested-list input (default float32)."
+    )
+    engine: Engine = Field(
+        default="numpy",
+        description="numpy (the kernel), or onnxruntime (the layer's exported ONNX graph; "
+        "same answer, no bfloat16).",
     )
 
 

@@ -17,14 +17,15 @@ from service.api.negotiation import check_acceptable, require_media_type
 from service.api.problems import validation_error
 from service.codecs.json_tensor import decode_tensor, encode_tensor
 from service.codecs.npy import decode_npy, encode_npy
-from service.dataplane import apply_layer
+from service.dataplane import Engine, apply_layer
 from service.layers.resolve import from_keras, resolve
 from service.layers.spec import KerasLayerConfig, Layer
+from service.onnx.engine import OnnxEngine
 from service.settings import Settings
 from service.store import LayerStore
 
 NPY: Final = "application/x-npy"
-_QUERY_ONLY: Final = ("layer", "training", "seed", "sample_offset")
+_QUERY_ONLY: Final = ("layer", "training", "seed", "sample_offset", "engine")
 
 router = APIRouter(tags=["apply"])
 
@@ -70,6 +71,16 @@ _OPENAPI: Final[dict[str, Any]] = {
                             "input": [[[1.0, 2.0], [3.0, 4.0]]],
                         },
                     },
+                    "onnxruntime": {
+                        "summary": "The same answer, from the layer's exported ONNX graph",
+                        "value": {
+                            "layer": "sd",
+                            "training": True,
+                            "seed": 7,
+                            "engine": "onnxruntime",
+                            "input": [[[[1.0, 2.0, 3.0]]]],
+                        },
+                    },
                 },
             },
             NPY: {
@@ -111,6 +122,7 @@ _OPENAPI: Final[dict[str, Any]] = {
             errors.NotAcceptable,
             errors.BodyTooLarge,
             errors.UnsupportedMediaType,
+            errors.UnsupportedOnnxDtype,
         ),
     },
 )
@@ -128,6 +140,9 @@ async def apply(
     sample_offset: Annotated[
         int, Query(ge=0, lt=2**62, description=".npy form only: first sample's index.")
     ] = 0,
+    engine: Annotated[
+        Engine, Query(description=".npy form only: numpy, or onnxruntime (the ONNX graph).")
+    ] = "numpy",
 ) -> Response:
     media = require_media_type(request.headers.get("content-type"), [JSON, NPY])
     accept = request.headers.get("accept")
@@ -136,8 +151,9 @@ async def apply(
         if layer is None:
             raise errors.RequestValidation("layer: the .npy form needs ?layer=<id or name>.")
         body = await request.body()
+        onnx = _onnx_engine(request) if engine == "onnxruntime" else None
         return await run_in_threadpool(
-            _apply_npy, store, settings, body, layer, training, seed, sample_offset
+            _apply_npy, store, settings, body, layer, training, seed, sample_offset, onnx
         )
     check_acceptable(accept, JSON)
     stray = [name for name in _QUERY_ONLY if name in request.query_params]
@@ -147,7 +163,7 @@ async def apply(
             "a JSON request carries them in its body."
         )
     body = await request.body()
-    return await run_in_threadpool(_apply_json, store, settings, body)
+    return await run_in_threadpool(_apply_json, store, settings, body, _onnx_engine(request))
 
 
 def _apply_npy(
@@ -158,10 +174,11 @@ def _apply_npy(
     training: bool,
     seed: int | None,
     sample_offset: int,
+    onnx: OnnxEngine | None,
 ) -> Response:
     x = decode_npy(body, max_elements=settings.max_tensor_elements)
     applied = apply_layer(
-        store.get(ref), x, training=training, seed=seed, sample_offset=sample_offset
+        store.get(ref), x, training=training, seed=seed, sample_offset=sample_offset, onnx=onnx
     )
     return Response(
         encode_npy(applied.output),
@@ -170,7 +187,9 @@ def _apply_npy(
     )
 
 
-def _apply_json(store: LayerStore, settings: Settings, body: bytes) -> Response:
+def _apply_json(
+    store: LayerStore, settings: Settings, body: bytes, onnx_engine: OnnxEngine
+) -> Response:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -194,6 +213,7 @@ def _apply_json(store: LayerStore, settings: Settings, body: bytes) -> Response:
         training=envelope.training,
         seed=envelope.seed,
         sample_offset=envelope.sample_offset,
+        onnx=onnx_engine if envelope.engine == "onnxruntime" else None,
     )
     answer: dict[str, Any] = {
         "output": encode_tensor(applied.output, form),
@@ -217,6 +237,12 @@ def _layer_of(envelope: ApplyEnvelope, store: LayerStore, settings: Settings) ->
     return resolve(
         from_keras(spec) if isinstance(spec, KerasLayerConfig) else spec, settings.data_format
     )
+
+
+def _onnx_engine(request: Request) -> OnnxEngine:
+    """The app's onnxruntime engine (opened in the lifespan; its caches serve every request)."""
+    onnx: OnnxEngine = request.app.state.onnx_engine
+    return onnx
 
 
 def _ascii_header(value: str) -> str:

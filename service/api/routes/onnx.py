@@ -1,0 +1,101 @@
+"""GET /layers/{ref}/onnx: a stored layer as an ONNX model that agrees with /apply bit for bit."""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+from urllib.parse import quote
+
+from fastapi import APIRouter, Header, Query, Response
+
+from service import errors
+from service.api.deps import StoreDep
+from service.api.docs import problems
+from service.api.negotiation import check_acceptable
+from service.onnx.export import DEFAULT_DTYPE, DEFAULT_OPSET, MIN_OPSET, export_layer, export_seed
+
+ONNX_MEDIA_TYPE: Final = "application/octet-stream"
+
+router = APIRouter(tags=["onnx"])
+
+_DESCRIPTION: Final = f"""\
+The model takes `X` and `training_mode` (a bool scalar, false unless fed: then `Y` is `X`) and
+answers `Y` and `mask` (the keep mask in its broadcast shape, `[N, 1, 1, C]` for a
+channels-last 2D layer). Its first training run in a fresh onnxruntime session (on Linux) gives
+exactly what `/apply` gives for the same seed; run j gives the stream seed + j - 1 (see the
+README). The user's seed, the layer and the producer version are in the model's
+`metadata_props`; the seed used is also in `X-Seed`. Opsets from {MIN_OPSET} to the newest
+both the server's onnx and onnxruntime support (default {DEFAULT_OPSET}).
+"""
+
+
+@router.get(
+    "/layers/{ref}/onnx",
+    summary="The layer as an ONNX model (Dropout on a channel mask, training mode included)",
+    description=_DESCRIPTION,
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The serialized ONNX ModelProto.",
+            "content": {
+                ONNX_MEDIA_TYPE: {
+                    "schema": {"type": "string", "format": "binary"},
+                    "example": "(an ONNX model: onnx.load or onnxruntime.InferenceSession take it)",
+                }
+            },
+            "headers": {
+                "X-Seed": {"description": "The user seed baked in.", "schema": {"type": "string"}},
+                "Content-Disposition": {
+                    "description": "attachment; filename=<layer name>.onnx",
+                    "schema": {"type": "string"},
+                },
+            },
+        },
+        **problems(
+            errors.LayerNotFound,
+            errors.SeedRequired,
+            errors.UnsupportedOpset,
+            errors.UnsupportedOnnxDtype,
+            errors.RequestValidation,
+            errors.NotAcceptable,
+        ),
+    },
+)
+def onnx_model(
+    ref: str,
+    store: StoreDep,
+    opset: Annotated[
+        int, Query(description=f"ONNX opset, from {MIN_OPSET} (default {DEFAULT_OPSET}).")
+    ] = DEFAULT_OPSET,
+    seed: Annotated[
+        int | None,
+        Query(ge=0, lt=2**64, description="User seed; default the layer's (one is required)."),
+    ] = None,
+    dtype: Annotated[
+        Literal["float16", "float32", "float64", "bfloat16"],
+        Query(description="Tensor dtype of X and Y; bfloat16 is refused (no onnxruntime kernel)."),
+    ] = DEFAULT_DTYPE,
+    rank: Annotated[
+        int | None,
+        Query(ge=0, le=32, description="Input rank; needed for dropout without noise_shape."),
+    ] = None,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
+    check_acceptable(accept, ONNX_MEDIA_TYPE)
+    layer = store.get(ref)
+    model = export_layer(layer, seed=seed, opset=opset, dtype=dtype, rank=rank)
+    return Response(
+        model.SerializeToString(),
+        media_type=ONNX_MEDIA_TYPE,
+        headers={
+            "X-Seed": str(export_seed(layer, seed)),
+            "Content-Disposition": _attachment(f"{layer.name}.onnx"),
+        },
+    )
+
+
+def _attachment(filename: str) -> str:
+    """RFC 6266: an ASCII fallback name, and the exact (unicode) name percent-encoded."""
+    fallback = "".join(
+        ch if ch.isascii() and ch.isprintable() and ch not in '"\\' else "_" for ch in filename
+    )
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
