@@ -128,7 +128,7 @@ def _parse_format(value: str) -> DataFormat:
     try:
         return DataFormat(value.lower())
     except ValueError:
-        raise InvalidDataFormat(value) from None
+        raise InvalidDataFormat(value.lower()) from None  # Keras quotes it lower-cased
 
 
 def check_name(name: str) -> None:
