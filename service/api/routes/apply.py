@@ -15,7 +15,7 @@ from service.api.deps import JSON, SettingsDep, StoreDep
 from service.api.docs import problems
 from service.api.negotiation import check_acceptable, require_media_type
 from service.api.problems import validation_error
-from service.codecs.json_tensor import decode_tensor, encode_tensor
+from service.codecs.json_tensor import decode_tensor, encode_tensor, may_hold_booleans
 from service.codecs.npy import decode_npy, encode_npy
 from service.dataplane import Engine, apply_layer
 from service.layers.resolve import from_keras, resolve
@@ -205,7 +205,10 @@ def _apply_json(
         raise validation_error(exc) from None
     layer = _layer_of(envelope, store, settings)
     x, form = decode_tensor(
-        raw_input, dtype=envelope.dtype, max_elements=settings.max_tensor_elements
+        raw_input,
+        dtype=envelope.dtype,
+        max_elements=settings.max_tensor_elements,
+        no_booleans=not may_hold_booleans(body, payload),
     )
     applied = apply_layer(
         layer,
