@@ -65,6 +65,8 @@ class Metrics:
             ["route", "direction"],
             registry=self.registry,
         )
+        # The labelled children, by (method, route, status): labels() costs more than inc().
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.in_progress = Gauge(
             "spatial_dropout_http_requests_in_progress",
             "HTTP requests being served now.",
@@ -81,9 +83,17 @@ class Metrics:
         tensor_bytes_in: int = 0,
         tensor_bytes_out: int = 0,
     ) -> None:
-        method = method if method in _METHODS else "other"
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(method, route).observe(seconds)
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            method = method if method in _METHODS else "other"
+            children = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
         if tensor_bytes_in or tensor_bytes_out:
             self.tensor_bytes.labels(route, "in").inc(tensor_bytes_in)
             self.tensor_bytes.labels(route, "out").inc(tensor_bytes_out)

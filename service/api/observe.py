@@ -8,9 +8,9 @@ error middleware, so even a 500 carries the id and the error's log line names it
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Final
 
 from fastapi import FastAPI
@@ -40,7 +40,7 @@ class RequestTelemetry:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        request_id = _incoming_id(scope["headers"]) or uuid.uuid4().hex
+        request_id = _incoming_id(scope["headers"]) or os.urandom(16).hex()
         id_header = (HEADER, request_id.encode("ascii"))
         context = telemetry.RequestContext(request_id)
         token = telemetry.begin(context)
