@@ -24,6 +24,7 @@ lint: setup
 	$(BIN)/ruff check service tests $(wildcard bench)
 	$(BIN)/ruff format --check service tests $(wildcard bench)
 	$(BIN)/mypy service
+	$(BIN)/hadolint docker/Dockerfile
 	$(BIN)/spatial-dropout openapi --check
 
 format: setup
