@@ -83,10 +83,10 @@ class Metrics:
         tensor_bytes_in: int = 0,
         tensor_bytes_out: int = 0,
     ) -> None:
+        method = method if method in _METHODS else "other"  # a client may invent any verb
         key = (method, route, status)
         children = self._children.get(key)
         if children is None:
-            method = method if method in _METHODS else "other"
             children = (
                 self.requests.labels(method, route, str(status)),
                 self.latency.labels(method, route),

@@ -139,3 +139,13 @@ def test_several_workers_report_one_sum(tmp_path: Path) -> None:
         assert list(multiproc.glob("counter_*.db"))  # the workers wrote their samples there
     finally:
         server.stop()
+
+
+def test_invented_methods_share_one_label(client: httpx.Client, server: Server) -> None:
+    before = scrape(server.url)
+    for verb in ("PROPFIND", "MKCOL", "LOCK"):  # methods the HTTP parser knows, we do not
+        assert client.request(verb, "/layers").status_code == 405
+    after = scrape(server.url)
+    labels = {"method": "other", "route": "/layers", "status": "405"}
+    assert requests_total(after, **labels) - requests_total(before, **labels) == 3
+    assert not any(("method", "MKCOL") in key[1] for key in after)
