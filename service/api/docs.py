@@ -22,6 +22,7 @@ _EXAMPLES: dict[type[errors.ServiceError], str] = {
     errors.BodyTooLarge: "The request body exceeds the limit of 268435456 bytes.",
     errors.InvalidJson: "The body is not valid JSON: unexpected character: line 1 column 2.",
     errors.StoreUnavailable: "The layer store did not answer; nothing was written.",
+    errors.InvalidCursor: "Invalid cursor 'abc': pass back the next_cursor of a page.",
 }
 
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
+from starlette.routing import Match
 
 from service.errors import InvalidJson, RequestValidation, ServiceError
 
@@ -129,6 +130,35 @@ def validation_error(exc: ValidationError | RequestValidationError) -> ServiceEr
     return RequestValidation(f"{where}: {first.get('msg', 'invalid')}")
 
 
+#: The methods a 405's ``Allow`` may name (probed in this order, so the header is sorted).
+_METHODS: Final = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route serves at the request's path, for a 405's ``Allow``.
+
+    Starlette names only the methods of the first route whose path matched, so ``PUT /layers``
+    would answer ``Allow: POST`` although ``GET /layers`` exists too (RFC 9110 wants them all).
+    Each method is probed through the routes' public ``matches`` on a fresh scope.
+    """
+    scope = request.scope
+    probes = (
+        {
+            "type": "http",
+            "path": scope["path"],
+            "root_path": scope.get("root_path", ""),
+            "method": m,
+        }
+        for m in _METHODS
+    )
+    routes = request.app.router.routes
+    return ", ".join(
+        probe["method"]
+        for probe in probes
+        if any(route.matches(probe)[0] is Match.FULL for route in routes)
+    )
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that map every failure to a problem response."""
 
@@ -148,13 +178,17 @@ def install(app: FastAPI) -> None:
         assert isinstance(exc, StarletteHTTPException)
         code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
         title = code.replace("_", " ").capitalize()
+        headers = exc.headers
+        allow = allowed_methods(request) if exc.status_code == 405 else ""
+        if allow:
+            headers = {**(headers or {}), "Allow": allow}
         return _answer(
             request.url.path,
             exc.status_code,
             code,
             title,
             str(exc.detail),
-            headers=exc.headers,
+            headers=headers,
         )
 
     async def on_disconnect(_request: Request, _exc: Exception) -> Response:

@@ -141,6 +141,10 @@ def _decode_fast(
         return None
     if shape is None or len(shape) > MAX_RANK or math.prod(shape) > max_elements:
         return None
+    if any(dim > max_elements for dim in shape):
+        # A zero-size shape may still name dimensions numpy cannot represent, e.g.
+        # [2**32, 2**32, 2**32, 0]: check_shape words that refusal on the exact path.
+        return None
     try:
         found = np.asarray(leaves)
     except (ValueError, OverflowError):

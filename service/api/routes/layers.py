@@ -109,14 +109,21 @@ def create_layer(
     summary="List layers, oldest first, a page at a time",
     responses={
         200: _json({"items": [_LAYER_EXAMPLE], "next_cursor": None}),
-        **problems(errors.RequestValidation, errors.NotAcceptable),
+        **problems(errors.RequestValidation, errors.InvalidCursor, errors.NotAcceptable),
     },
 )
 def list_layers(
     store: StoreDep,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
     cursor: Annotated[
-        str | None, Query(max_length=32, description="next_cursor of the previous page.")
+        str | None,
+        Query(
+            max_length=32,
+            description="next_cursor of the previous page.",
+            # Documented, not enforced here: the store refuses other cursors as invalid_cursor,
+            # a code of their own, rather than as a generic validation_error.
+            json_schema_extra={"pattern": "^[0-9]{1,18}$"},
+        ),
     ] = None,
 ) -> LayerPage:
     page = store.list(limit, cursor)
