@@ -190,7 +190,12 @@ def apply(
     # No warnings: overflow to inf is the IEEE result, and at rate 1 (keep 0, every cell
     # dropped) x / 0 is discarded.
     with np.errstate(all="ignore"):
-        if config.kind is Kind.DROPOUT or not x.flags.c_contiguous or not out.flags.c_contiguous:
+        if (
+            config.kind is Kind.DROPOUT
+            or x.nbytes <= _BLOCK_BYTES  # fits in cache already: two plain passes are cheapest
+            or not x.flags.c_contiguous
+            or not out.flags.c_contiguous
+        ):
             _divide(x, keep, out)
             _zero_dropped(out, mask)
         else:

@@ -25,6 +25,7 @@ _ORDER: Final = MODULUS - 1  # the multiplicative order of MULTIPLIER: exponents
 _BLOCK: Final = 1 << 16  # draws per jump-ahead block; the low-half table has this many entries
 _HIGH: Final = -(-_ORDER // _BLOCK)  # entries of the high-half table (exponents < 2**31)
 _MASK_CHUNK: Final = 1 << 20  # draws per chunk in keep_mask, to bound its int64 temporaries
+_FEW: Final = 64  # up to this many draws are stepped one by one (same values, less overhead)
 
 _U64: Final = 1 << 64
 _SEED_MIN: Final = -(1 << 63)
@@ -118,6 +119,14 @@ def minstd_draws(stream_seed: int, first: int, count: int) -> NDArray[np.int64]:
     state = engine_state(stream_seed)
     if count == 0:
         return np.empty(0, dtype=np.int64)
+    if count <= _FEW:
+        # A handful of draws (a small batch): plain integers beat a dozen tiny numpy calls.
+        x = state * pow(MULTIPLIER, first % _ORDER, MODULUS) % MODULUS
+        few = []
+        for _ in range(count):
+            few.append(x)
+            x = x * MULTIPLIER % MODULUS
+        return np.array(few, dtype=np.int64)
     low, _ = _power_tables()
     blocks = -(-count // _BLOCK)
     starts = (first % _ORDER + _BLOCK * np.arange(blocks, dtype=np.int64)) % _ORDER

@@ -221,6 +221,12 @@ def test_refusals(
 # -- encoding and round trips ----------------------------------------------------------
 
 
+def _zero_non_finite(values: NDArray[Any]) -> NDArray[Any]:
+    # ml_dtypes' isfinite warns on some bfloat16 NaN bit patterns: that is expected here.
+    with np.errstate(invalid="ignore"):
+        return np.where(np.isfinite(values), values, values.dtype.type(0))
+
+
 def finite_arrays(min_dims: int) -> st.SearchStrategy[NDArray[Any]]:
     """Arrays of every dtype from random bits (subnormals, -0.0, extremes), non-finite zeroed."""
 
@@ -228,7 +234,7 @@ def finite_arrays(min_dims: int) -> st.SearchStrategy[NDArray[Any]]:
         dtype = np.dtype(DTYPES[name])
         shapes = hnp.array_shapes(min_dims=min_dims, max_dims=5, min_side=0, max_side=4)
         raw = hnp.arrays(_UINT[dtype.itemsize], shapes)
-        return raw.map(lambda r: np.where(np.isfinite(v := r.view(dtype)), v, dtype.type(0)))
+        return raw.map(lambda r: _zero_non_finite(r.view(dtype)))
 
     return st.sampled_from(sorted(DTYPES)).flatmap(build)
 
