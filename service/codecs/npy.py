@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import io
 import math
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
@@ -195,6 +196,9 @@ def _read_header(view: memoryview) -> tuple[object, int]:
         text = bytes(view[start:end]).decode(encoding)
     except UnicodeDecodeError:
         raise InvalidNpy(f"The .npy header is not valid {encoding}.") from None
+    common = _parse_common_header(text)
+    if common is not None:
+        return common, end
     try:
         # literal_eval builds only literals (no calls, no names); its failure modes vary by
         # Python version (ValueError, SyntaxError, MemoryError, RecursionError, ...), so any
@@ -202,6 +206,28 @@ def _read_header(view: memoryview) -> tuple[object, int]:
         return ast.literal_eval(text), end
     except Exception:
         raise InvalidNpy("The .npy header is not a Python literal.") from None
+
+
+# The header exactly as numpy's writer lays it out; parsed without literal_eval, which
+# compiles the text and was the largest cost of a small request.
+_COMMON_HEADER = re.compile(
+    r"\{'descr': '([<>|=][a-zA-Z][0-9]{1,2})', 'fortran_order': (True|False), "
+    r"'shape': \(((?:0|[1-9][0-9]{0,18})(?:,|(?:, (?:0|[1-9][0-9]{0,18}))+)|)\), \} *\n?"
+)
+
+
+def _parse_common_header(text: str) -> dict[str, object] | None:
+    """The header dict when ``text`` is in numpy's own layout (what literal_eval would give),
+    else None."""
+    match = _COMMON_HEADER.fullmatch(text)
+    if match is None:
+        return None
+    descr, fortran, dims = match.groups()
+    return {
+        "descr": descr,
+        "fortran_order": fortran == "True",
+        "shape": tuple(int(dim) for dim in dims.replace(",", " ").split()),
+    }
 
 
 def _check_header(header: object) -> tuple[object, bool, tuple[int, ...]]:

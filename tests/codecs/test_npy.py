@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import struct
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.typing import NDArray
 
-from service.codecs.npy import decode_npy, encode_npy, encode_npy_parts
+from service.codecs.npy import _parse_common_header, decode_npy, encode_npy, encode_npy_parts
 from service.errors import (
     InvalidNpy,
     InvalidShape,
@@ -318,3 +319,35 @@ def test_arbitrary_bytes_fail_only_with_service_errors(body: bytes) -> None:
     for candidate in (body, b"\x93NUMPY\x01\x00" + body, _GOOD_F4[:10] + body):
         with contextlib.suppress(ServiceError):
             decode_npy(candidate, max_elements=LIMIT)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(0, 2**40), max_size=6).map(tuple),
+    st.sampled_from(["<f4", ">f8", "<f2", "|V2", "<i8", "|O", "|b1", "<c16"]),
+    st.booleans(),
+)
+def test_the_fast_header_parser_agrees_with_literal_eval(
+    shape: tuple[int, ...], descr: str, fortran: bool
+) -> None:
+    buffer = io.BytesIO()
+    header = {"descr": descr, "fortran_order": fortran, "shape": shape}
+    np.lib.format.write_array_header_1_0(buffer, header)
+    text = buffer.getvalue()[10:].decode("latin1")
+    fast = _parse_common_header(text)
+    assert fast is None or fast == ast.literal_eval(text)
+    if descr != "|O":
+        assert fast == header  # numpy's own layout always takes the fast path
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (5), }",  # an int, not a tuple
+        "{'descr': '<f4', 'fortran_order': False, 'shape': (05,), }",  # not a Python literal
+        "{'descr': '<f4', 'fortran_order': 0, 'shape': (5,), }",
+        "{'shape': (5,), 'descr': '<f4', 'fortran_order': False, }",  # another key order
+    ],
+)
+def test_headers_off_numpys_layout_take_the_slow_path(text: str) -> None:
+    assert _parse_common_header(text) is None
