@@ -12,6 +12,7 @@ from typing import Final, Literal
 import numpy as np
 from numpy.typing import NDArray
 
+from service import telemetry
 from service.core import kernel
 from service.core.config import DropoutConfig
 from service.layers.resolve import DEFAULT_NAMES, ResolvedSpec, dropout_config
@@ -58,13 +59,22 @@ def apply_layer(
     seed: int | None,
     sample_offset: int,
     onnx: OnnxEngine | None = None,
+    in_place: bool = False,
 ) -> Applied:
     """Run ``layer`` on ``x``; the answer carries the seed used so the call can be replayed.
 
     With ``onnx``, the layer runs through its exported graph in onnxruntime (same answer).
+    ``in_place`` lets the numpy kernel write its output over ``x`` (when x is writable): the
+    caller gives up ``x``, and a large tensor needs no second buffer.
     """
     used = choose_seed(seed, layer.seed)
     config = dropout_config(layer)
-    run = kernel.apply if onnx is None else onnx.apply
-    result = run(config, x, training=training, seed=used, sample_offset=sample_offset)
+    if onnx is not None:
+        result = onnx.apply(config, x, training=training, seed=used, sample_offset=sample_offset)
+    else:
+        out = x if in_place and x.flags.writeable else None
+        result = kernel.apply(
+            config, x, training=training, seed=used, sample_offset=sample_offset, out=out
+        )
+    telemetry.record_tensors(x.nbytes, result.output.nbytes)
     return Applied(result.output, result.mask, used, layer_name(layer), config)

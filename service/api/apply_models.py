@@ -94,3 +94,42 @@ class ApplyResponse(BaseModel):
     mask: list[Any] | None = Field(
         default=None, description="samples x channels, true = kept; only with return_mask."
     )
+
+
+class NpyQuery(BaseModel):
+    """The query parameters of a .npy /apply request (a JSON request carries them in its body).
+
+    Validated by pydantic directly rather than as FastAPI parameters: FastAPI's per-parameter
+    machinery cost more than the whole dropout of a small tensor.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    layer: str | None = Field(
+        default=None, description=".npy form only: the stored layer's id or name."
+    )
+    training: bool = Field(default=False, description=".npy form only: training mode.")
+    seed: Annotated[int, Field(ge=0, lt=2**64)] | None = Field(
+        default=None, description=".npy form only: the seed."
+    )
+    sample_offset: Annotated[int, Field(ge=0, lt=2**62)] = Field(
+        default=0, description=".npy form only: first sample's index."
+    )
+    engine: Engine = Field(
+        default="numpy", description=".npy form only: numpy, or onnxruntime (the ONNX graph)."
+    )
+
+
+def query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    """OpenAPI ``parameters`` (all optional, in the query) for the fields of ``model``."""
+    schema = model.model_json_schema()
+    return [
+        {
+            "name": name,
+            "in": "query",
+            "required": False,
+            "schema": prop,
+            "description": prop.get("description", ""),
+        }
+        for name, prop in schema["properties"].items()
+    ]

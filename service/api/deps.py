@@ -12,23 +12,36 @@ from service.store import LayerStore
 
 JSON: str = "application/json"
 
+# Every dependency is ``async def``: FastAPI runs a plain ``def`` dependency in a worker
+# thread, a hop that costs more than these one-liners (it was most of a small request).
 
-def get_settings(request: Request) -> Settings:
+
+def settings_of(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_store(request: Request) -> LayerStore:
+def store_of(request: Request) -> LayerStore:
     store: LayerStore = request.app.state.store
     return store
 
 
-def accepts_json(accept: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
+async def get_settings(request: Request) -> Settings:
+    return settings_of(request)
+
+
+async def get_store(request: Request) -> LayerStore:
+    return store_of(request)
+
+
+async def accepts_json(
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
     """406 unless the client takes JSON answers."""
     check_acceptable(accept, JSON)
 
 
-def sends_json(
+async def sends_json(
     content_type: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> None:
     """415 unless the body is JSON."""

@@ -15,7 +15,7 @@ _WBITS: Final[dict[str, int]] = {
 }
 
 
-def decode_content(body: bytes, encoding: str | None, limit: int) -> bytes:
+def decode_content(body: bytearray, encoding: str | None, limit: int) -> bytearray | bytes:
     """The body, inflated; never more than ``limit`` bytes are produced (a bomb gets 413)."""
     name = (encoding or "identity").strip().lower()
     if name == "identity":

@@ -122,7 +122,7 @@ class DecodedInfer:
 
 
 def split_body(
-    body: bytes | memoryview, header_length: str | None
+    body: bytes | bytearray | memoryview, header_length: str | None
 ) -> tuple[memoryview, memoryview]:
     """The JSON header and the binary tail of a body, by ``Inference-Header-Content-Length``."""
     view = memoryview(body)
@@ -148,7 +148,7 @@ def split_body(
 
 
 def decode_infer(
-    body: bytes | memoryview, header_length: str | None, *, max_elements: int
+    body: bytes | bytearray | memoryview, header_length: str | None, *, max_elements: int
 ) -> DecodedInfer:
     """Check an infer request and decode its one input tensor (JSON or binary)."""
     head, tail = split_body(body, header_length)
@@ -277,8 +277,9 @@ def encode_infer(
     request_id: str | None,
     parameters: dict[str, Any],
     tensors: list[tuple[WantedOutput, NDArray[Any]]],
-) -> tuple[bytes, int | None]:
-    """The response body and, when any output is binary, its JSON header's length."""
+) -> tuple[list[bytes | memoryview], int | None]:
+    """The response body, as parts to send in order (binary outputs are views of the arrays,
+    not copies), and, when any output is binary, its JSON header's length."""
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes | memoryview] = []
     for wanted, array in tensors:
@@ -301,8 +302,8 @@ def encode_infer(
     header["outputs"] = outputs
     head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
-        return head, None
-    return b"".join([head, *blobs]), len(head)
+        return [head], None
+    return [head, *blobs], len(head)
 
 
 def _v2_datatype(array: NDArray[Any]) -> str:

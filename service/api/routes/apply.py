@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Final
+from dataclasses import dataclass
+from typing import Any, Final
 
 import orjson
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from service import errors
-from service.api.apply_models import ApplyEnvelope
-from service.api.deps import JSON, SettingsDep, StoreDep
+from service.api.apply_models import ApplyEnvelope, NpyQuery, query_parameters
+from service.api.bodies import BuffersResponse, read_body
+from service.api.deps import JSON, settings_of, store_of
 from service.api.docs import problems
 from service.api.negotiation import check_acceptable, require_media_type
+from service.api.offload import maybe_in_thread, stored_layer
 from service.api.problems import validation_error
 from service.codecs.json_tensor import decode_tensor, encode_tensor, may_hold_booleans
-from service.codecs.npy import decode_npy, encode_npy
-from service.dataplane import Engine, apply_layer
-from service.layers.resolve import from_keras, resolve
+from service.codecs.npy import decode_npy, encode_npy_parts
+from service.dataplane import apply_layer
+from service.layers.resolve import ResolvedSpec, from_keras, resolve
 from service.layers.spec import KerasLayerConfig, Layer
 from service.onnx.engine import OnnxEngine
 from service.settings import Settings
-from service.store import LayerStore
 
 NPY: Final = "application/x-npy"
 _QUERY_ONLY: Final = ("layer", "training", "seed", "sample_offset", "engine")
@@ -42,6 +43,7 @@ _JSON_EXAMPLE = {
 }
 
 _OPENAPI: Final[dict[str, Any]] = {
+    "parameters": query_parameters(NpyQuery),
     "requestBody": {
         "required": True,
         "content": {
@@ -126,35 +128,24 @@ _OPENAPI: Final[dict[str, Any]] = {
         ),
     },
 )
-async def apply(
-    request: Request,
-    store: StoreDep,
-    settings: SettingsDep,
-    layer: Annotated[
-        str | None, Query(description=".npy form only: the stored layer's id or name.")
-    ] = None,
-    training: Annotated[bool, Query(description=".npy form only: training mode.")] = False,
-    seed: Annotated[
-        int | None, Query(ge=0, lt=2**64, description=".npy form only: the seed.")
-    ] = None,
-    sample_offset: Annotated[
-        int, Query(ge=0, lt=2**62, description=".npy form only: first sample's index.")
-    ] = 0,
-    engine: Annotated[
-        Engine, Query(description=".npy form only: numpy, or onnxruntime (the ONNX graph).")
-    ] = "numpy",
-) -> Response:
+async def apply(request: Request) -> Response:
+    # No FastAPI parameters or dependencies here: this is the hot path, and their machinery
+    # cost more than a small tensor's whole dropout. The query is validated by NpyQuery.
+    store, settings = store_of(request), settings_of(request)
     media = require_media_type(request.headers.get("content-type"), [JSON, NPY])
     accept = request.headers.get("accept")
     if media == NPY:
         check_acceptable(accept, NPY)
-        if layer is None:
+        try:
+            query = NpyQuery.model_validate(request.query_params)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        if query.layer is None:
             raise errors.RequestValidation("layer: the .npy form needs ?layer=<id or name>.")
-        body = await request.body()
-        onnx = _onnx_engine(request) if engine == "onnxruntime" else None
-        return await run_in_threadpool(
-            _apply_npy, store, settings, body, layer, training, seed, sample_offset, onnx
-        )
+        body = await read_body(request)  # writable: the kernel answers in place
+        stored = await stored_layer(store, query.layer)
+        onnx = _onnx_engine(request) if query.engine == "onnxruntime" else None
+        return await maybe_in_thread(len(body), _apply_npy, settings, body, stored, query, onnx)
     check_acceptable(accept, JSON)
     stray = [name for name in _QUERY_ONLY if name in request.query_params]
     if stray:
@@ -162,34 +153,56 @@ async def apply(
             f"Query parameter(s) {', '.join(stray)} belong to the .npy form; "
             "a JSON request carries them in its body."
         )
-    body = await request.body()
-    return await run_in_threadpool(_apply_json, store, settings, body, _onnx_engine(request))
+    raw = await request.body()
+    size = len(raw)
+    parsed = await maybe_in_thread(size, _parse_json, raw)
+    envelope = parsed.envelope
+    if (envelope.layer is None) == (envelope.spec is None):
+        raise errors.RequestValidation("Give exactly one of `layer` (stored) and `spec` (inline).")
+    if envelope.layer is not None:
+        chosen: Layer | ResolvedSpec = await stored_layer(store, envelope.layer)
+    else:
+        assert envelope.spec is not None
+        spec = envelope.spec
+        plain = from_keras(spec) if isinstance(spec, KerasLayerConfig) else spec
+        chosen = resolve(plain, settings.data_format)
+    onnx = _onnx_engine(request) if envelope.engine == "onnxruntime" else None
+    return await maybe_in_thread(size, _apply_json, settings, parsed, chosen, onnx)
 
 
 def _apply_npy(
-    store: LayerStore,
     settings: Settings,
-    body: bytes,
-    ref: str,
-    training: bool,
-    seed: int | None,
-    sample_offset: int,
+    body: bytearray,
+    layer: Layer,
+    query: NpyQuery,
     onnx: OnnxEngine | None,
 ) -> Response:
     x = decode_npy(body, max_elements=settings.max_tensor_elements)
     applied = apply_layer(
-        store.get(ref), x, training=training, seed=seed, sample_offset=sample_offset, onnx=onnx
+        layer,
+        x,
+        training=query.training,
+        seed=query.seed,
+        sample_offset=query.sample_offset,
+        onnx=onnx,
+        in_place=True,
     )
-    return Response(
-        encode_npy(applied.output),
+    header, data = encode_npy_parts(applied.output)
+    return BuffersResponse(
+        [header, data],
         media_type=NPY,
         headers={"X-Seed": str(applied.seed), "X-Layer": _ascii_header(applied.layer_name)},
     )
 
 
-def _apply_json(
-    store: LayerStore, settings: Settings, body: bytes, onnx_engine: OnnxEngine
-) -> Response:
+@dataclass(frozen=True, slots=True)
+class _ParsedJson:
+    envelope: ApplyEnvelope
+    tensor: object
+    no_booleans: bool
+
+
+def _parse_json(body: bytes) -> _ParsedJson:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -198,17 +211,26 @@ def _apply_json(
         raise errors.RequestValidation("The body must be a JSON object.")
     if "input" not in payload:
         raise errors.RequestValidation("input: Field required")
-    raw_input = payload.pop("input")
+    tensor = payload.pop("input")
     try:
         envelope = ApplyEnvelope.model_validate(payload)
     except ValidationError as exc:
         raise validation_error(exc) from None
-    layer = _layer_of(envelope, store, settings)
+    return _ParsedJson(envelope, tensor, not may_hold_booleans(body, payload))
+
+
+def _apply_json(
+    settings: Settings,
+    parsed: _ParsedJson,
+    layer: Layer | ResolvedSpec,
+    onnx: OnnxEngine | None,
+) -> Response:
+    envelope = parsed.envelope
     x, form = decode_tensor(
-        raw_input,
+        parsed.tensor,
         dtype=envelope.dtype,
         max_elements=settings.max_tensor_elements,
-        no_booleans=not may_hold_booleans(body, payload),
+        no_booleans=parsed.no_booleans,
     )
     applied = apply_layer(
         layer,
@@ -216,7 +238,8 @@ def _apply_json(
         training=envelope.training,
         seed=envelope.seed,
         sample_offset=envelope.sample_offset,
-        onnx=onnx_engine if envelope.engine == "onnxruntime" else None,
+        onnx=onnx,
+        in_place=True,  # x was made from the JSON for this call alone
     )
     answer: dict[str, Any] = {
         "output": encode_tensor(applied.output, form),
@@ -227,19 +250,6 @@ def _apply_json(
     if envelope.return_mask:
         answer["mask"] = applied.mask_matrix()
     return Response(orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY), media_type=JSON)
-
-
-def _layer_of(envelope: ApplyEnvelope, store: LayerStore, settings: Settings) -> Any:
-    if (envelope.layer is None) == (envelope.spec is None):
-        raise errors.RequestValidation("Give exactly one of `layer` (stored) and `spec` (inline).")
-    if envelope.layer is not None:
-        layer: Layer = store.get(envelope.layer)
-        return layer
-    assert envelope.spec is not None
-    spec = envelope.spec
-    return resolve(
-        from_keras(spec) if isinstance(spec, KerasLayerConfig) else spec, settings.data_format
-    )
 
 
 def _onnx_engine(request: Request) -> OnnxEngine:

@@ -9,11 +9,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Path, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from service import __version__, errors
-from service.api.deps import SettingsDep, StoreDep
+from service.api.bodies import BuffersResponse, read_body
+from service.api.deps import SettingsDep, StoreDep, settings_of, store_of
 from service.api.encoding import decode_content
+from service.api.offload import maybe_in_thread, stored_layer
 from service.codecs.v2 import MASK, OUTPUT, decode_infer, encode_infer
 from service.core.dtypes import V2_DATATYPES
 from service.dataplane import apply_layer
@@ -256,52 +257,60 @@ async def infer_version(
     return await _infer(name, version, request, store, settings)
 
 
+async def infer_endpoint(request: Request) -> Response:
+    """Both infer routes, as a plain Starlette endpoint (see create_app)."""
+    params = request.path_params
+    return await _infer(
+        params["name"], params.get("version"), request, store_of(request), settings_of(request)
+    )
+
+
 async def _infer(
     name: str, version: str | None, request: Request, store: LayerStore, settings: Settings
 ) -> Response:
-    body = await request.body()
-    return await run_in_threadpool(
+    body = await read_body(request)  # writable: the kernel answers in place in a binary tail
+    if version is not None and version != VERSION:
+        raise errors.ModelVersionNotFound(name, version)
+    layer = await stored_layer(store, name)
+    return await maybe_in_thread(
+        len(body),
         _run,
-        name,
-        version,
+        layer,
         body,
         request.headers.get("content-encoding"),
         request.headers.get(HEADER_LENGTH),
-        store,
         settings,
     )
 
 
 def _run(
-    name: str,
-    version: str | None,
-    body: bytes,
+    layer: Layer,
+    body: bytearray,
     encoding: str | None,
     header_length: str | None,
-    store: LayerStore,
     settings: Settings,
 ) -> Response:
-    layer = _layer(store, name, version)
-    body = decode_content(body, encoding, settings.max_body_bytes)
-    request = decode_infer(body, header_length, max_elements=settings.max_tensor_elements)
+    data = decode_content(body, encoding, settings.max_body_bytes)
+    request = decode_infer(data, header_length, max_elements=settings.max_tensor_elements)
     applied = apply_layer(
         layer,
         request.tensor,
         training=request.training,
         seed=request.seed,
         sample_offset=request.sample_offset,
+        in_place=True,
     )
     produced = {OUTPUT: applied.output}
     if any(wanted.name == MASK for wanted in request.outputs):
         produced[MASK] = applied.mask_matrix()
-    content, header_size = encode_infer(
+    parts, header_size = encode_infer(
         model_name=layer.name,
         request_id=request.request_id,
         parameters={"seed": applied.seed, "training": request.training},
         tensors=[(wanted, produced[wanted.name]) for wanted in request.outputs],
     )
     if header_size is None:
-        return Response(content, media_type="application/json")
-    return Response(
-        content, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_size)}
+        return BuffersResponse(parts, media_type="application/json")
+    return BuffersResponse(
+        parts, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_size)}
     )

@@ -1,0 +1,64 @@
+"""Request bodies into one writable buffer, and responses sent from buffers without copies.
+
+Starlette's ``Request.body()`` joins the received chunks into immutable ``bytes``, so a tensor
+decoded from it is read-only and the kernel needs a second 128 MiB buffer for its output.
+Reading the chunks straight into a ``bytearray`` sized by Content-Length costs the same one
+copy and leaves a buffer the kernel may overwrite in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+
+async def read_body(request: Request) -> bytearray:
+    """The whole body, in a buffer of its own that the caller may modify."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit():
+        buffer = bytearray(int(declared))
+        filled = 0
+        async for chunk in request.stream():
+            end = filled + len(chunk)
+            if end > len(buffer):  # more than declared: keep it all, let the codec judge
+                buffer[filled:] = chunk
+            else:
+                buffer[filled:end] = chunk
+            filled = end
+        if filled < len(buffer):  # the client sent less than it declared
+            del buffer[filled:]
+        return buffer
+    buffer = bytearray()
+    async for chunk in request.stream():
+        buffer += chunk
+    return buffer
+
+
+class BuffersResponse(Response):
+    """A response whose body is several buffers (e.g. a header and a view of an array),
+    sent one after the other so that none is copied into a joined body first."""
+
+    def __init__(
+        self,
+        parts: Sequence[bytes | memoryview],
+        *,
+        media_type: str,
+        headers: dict[str, str] | None = None,
+        status_code: int = 200,
+    ) -> None:
+        super().__init__(None, status_code=status_code, headers=headers, media_type=media_type)
+        self.parts = [memoryview(part).cast("B") for part in parts]
+        self.headers["content-length"] = str(sum(part.nbytes for part in self.parts))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        last = len(self.parts) - 1
+        for index, part in enumerate(self.parts):
+            await send({"type": "http.response.body", "body": part, "more_body": index < last})
+        if not self.parts:
+            await send({"type": "http.response.body", "body": b""})
