@@ -36,6 +36,16 @@ _OFFSET_LIMIT: Final = 2**62
 
 Parameter = StrictBool | StrictInt | StrictFloat | StrictStr
 
+#: An infer request, for the schema's examples and the route's documentation.
+INFER_REQUEST_EXAMPLE: Final[dict[str, Any]] = {
+    "id": "42",
+    "parameters": {"training": True, "seed": 7},
+    "inputs": [
+        {"name": "input", "shape": [1, 1, 1, 3], "datatype": "FP32", "data": [1.0, 2.0, 3.0]}
+    ],
+    "outputs": [{"name": "output"}, {"name": "mask"}],
+}
+
 
 class V2InputTensor(BaseModel):
     """One input of an infer request (its ``data`` is decoded apart, at C speed)."""
@@ -60,23 +70,7 @@ class V2InferRequest(BaseModel):
 
     model_config = ConfigDict(
         extra="ignore",
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": "42",
-                    "parameters": {"training": True, "seed": 7},
-                    "inputs": [
-                        {
-                            "name": "input",
-                            "shape": [1, 1, 1, 3],
-                            "datatype": "FP32",
-                            "data": [1.0, 2.0, 3.0],
-                        }
-                    ],
-                    "outputs": [{"name": "output"}, {"name": "mask"}],
-                }
-            ]
-        },
+        json_schema_extra={"examples": [INFER_REQUEST_EXAMPLE]},
     )
 
     id: str | None = None

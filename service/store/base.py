@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from service.errors import InvalidCursor
 from service.layers.resolve import ResolvedSpec
@@ -82,3 +82,13 @@ def decode_cursor(cursor: str | None) -> int:
     if not cursor.isascii() or not cursor.isdigit() or len(cursor) > _MAX_CURSOR_DIGITS:
         raise InvalidCursor(cursor)
     return int(cursor)
+
+
+def page_of(rows: Sequence[Sequence[Any]], limit: int, layer_of: Callable[[Any], Layer]) -> Page:
+    """A page from up to ``limit + 1`` rows whose first column is the sequence number: the
+    extra row only says that another page follows."""
+    shown = rows[:limit]
+    return Page(
+        layers=[layer_of(row) for row in shown],
+        next_cursor=str(shown[-1][0]) if len(rows) > limit else None,
+    )

@@ -17,7 +17,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from service.errors import LayerNotFound, NameConflict, StoreFull, StoreUnavailable
 from service.layers.resolve import DEFAULT_NAMES, ResolvedSpec
 from service.layers.spec import Layer
-from service.store.base import Page, decode_cursor, keras_next_name
+from service.store.base import Page, decode_cursor, keras_next_name, page_of
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS layers (
@@ -144,12 +144,7 @@ class PostgresLayerStore:
                 f"SELECT {_COLUMNS} FROM layers WHERE seq > %s ORDER BY seq LIMIT %s",
                 (after, limit + 1),
             ).fetchall()
-        more = len(rows) > limit
-        rows = rows[:limit]
-        return Page(
-            layers=[_row_layer(row) for row in rows],
-            next_cursor=str(rows[-1][0]) if more else None,
-        )
+        return page_of(rows, limit, _row_layer)
 
     def delete(self, ref: str) -> None:
         with self._connection() as conn:

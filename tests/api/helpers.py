@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import uuid
 from typing import Any
 
 import httpx
+import numpy as np
 
 
 def unique(prefix: str = "t") -> str:
@@ -31,3 +33,15 @@ def assert_problem(response: httpx.Response, status: int, code: str) -> dict[str
     assert body["type"] == f"urn:spatial-dropout:problem:{code}"
     assert body["title"] and body["detail"]
     return body
+
+
+def npy(array: np.ndarray) -> bytes:
+    """``array`` as a .npy file, as numpy.save writes it."""
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def load(content: bytes) -> np.ndarray:
+    """The array in a .npy answer."""
+    return np.load(io.BytesIO(content))

@@ -12,20 +12,10 @@ import pytest
 
 from service.core import kernel
 from service.core.config import DataFormat, DropoutConfig, Kind
-from tests.api.helpers import assert_problem, create
+from tests.api.helpers import assert_problem, create, load, npy
 from tests.conftest import Server
 
 NPY = {"content-type": "application/x-npy"}
-
-
-def npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
-
-
-def load(content: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(content))
 
 
 def reference(

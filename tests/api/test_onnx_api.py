@@ -3,7 +3,6 @@ and the README's onnxruntime snippet, run as written against a model the server 
 
 from __future__ import annotations
 
-import io
 import re
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import pytest
 
 from service.cli import main
 from service.core import rng
-from tests.api.helpers import assert_problem, create, unique
+from tests.api.helpers import assert_problem, create, load, npy, unique
 from tests.conftest import ROOT, Server
 
 pytestmark = pytest.mark.skipif(
@@ -29,16 +28,6 @@ pytestmark = pytest.mark.skipif(
 
 NPY = {"content-type": "application/x-npy"}
 SNIPPET_MARKER = "<!-- onnx-snippet -->"
-
-
-def npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
-
-
-def load(content: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(content))
 
 
 def run_model(content: bytes, x: np.ndarray, training: bool) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,7 @@ from service.api.bodies import BuffersResponse, read_body
 from service.api.deps import SettingsDep, StoreDep, settings_of, store_of
 from service.api.encoding import decode_content
 from service.api.offload import maybe_in_thread, stored_layer
-from service.codecs.v2 import MASK, OUTPUT, decode_infer, encode_infer
+from service.codecs.v2 import INFER_REQUEST_EXAMPLE, MASK, OUTPUT, decode_infer, encode_infer
 from service.core.dtypes import V2_DATATYPES
 from service.dataplane import apply_layer
 from service.layers.signature import signature
@@ -160,19 +160,7 @@ _INFER_DOC: Final[dict[str, Any]] = {
         "content": {
             "application/json": {
                 "schema": {"$ref": "#/components/schemas/V2InferRequest"},
-                "example": {
-                    "id": "42",
-                    "parameters": {"training": True, "seed": 7},
-                    "inputs": [
-                        {
-                            "name": "input",
-                            "shape": [1, 1, 1, 3],
-                            "datatype": "FP32",
-                            "data": [1.0, 2.0, 3.0],
-                        }
-                    ],
-                    "outputs": [{"name": "output"}, {"name": "mask"}],
-                },
+                "example": INFER_REQUEST_EXAMPLE,
             },
             "application/octet-stream": {
                 "schema": {"type": "string", "format": "binary"},
