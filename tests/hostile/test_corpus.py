@@ -443,7 +443,8 @@ def test_hostile_v2_bodies(
     status: int,
     fragment: str,
 ) -> None:
-    response = client.post(f"/v2/models/{layer}/infer", content=body, headers=headers)
+    raw = {k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in headers.items()}
+    response = client.post(f"/v2/models/{layer}/infer", content=body, headers=raw)
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
     answer = response.json()

@@ -82,7 +82,7 @@ def _npy(_ctx: Any, value: object) -> bytes:
     return buffer.getvalue()
 
 
-def refused_only_with_a_stable_code(ctx: CheckContext, response: Response, case: Case) -> None:
+def refused_only_with_a_stable_code(ctx: CheckContext, response: Response, case: Case[Any]) -> None:
     """A schema-valid request refused for a rule beyond the schema: a documented 4xx, with a
     code the service defines (or, under /v2, the protocol's ``{"error": ...}``)."""
     meta = case.meta
@@ -117,7 +117,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 
 
 @schema.parametrize()
-def test_the_api_keeps_its_contract(case: Case, target: Server) -> None:
+def test_the_api_keeps_its_contract(case: Case[Any], target: Server) -> None:
     if (
         case.method == "POST"
         and case.operation.path == "/apply"
