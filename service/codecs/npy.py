@@ -16,6 +16,7 @@ Choices a client can observe:
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import math
 import re
@@ -147,13 +148,19 @@ def encode_npy_parts(array: NDArray[Any]) -> NpyParts:
     dtype = _WRITE_DTYPES[name]
     # No copy when the array is already little-endian and C-contiguous (the usual case).
     data = np.asarray(array, dtype=dtype, order="C")
+    return NpyParts(_header(dtype.str, data.shape), data.reshape(-1).view(np.uint8).data)
+
+
+@functools.lru_cache(maxsize=256)
+def _header(descr: str, shape: tuple[int, ...]) -> bytes:
+    """The header bytes for a C-order array (a server sees the same shapes again and again)."""
     buffer = io.BytesIO()
     # numpy's own writer, so the header (padding, key order, growth space) is byte-identical
     # to np.save's; "<V2" for bfloat16 is what np.save writes and ml_dtypes reads back.
     np.lib.format.write_array_header_1_0(
-        buffer, {"descr": dtype.str, "fortran_order": False, "shape": data.shape}
+        buffer, {"descr": descr, "fortran_order": False, "shape": shape}
     )
-    return NpyParts(buffer.getvalue(), data.reshape(-1).view(np.uint8).data)
+    return buffer.getvalue()
 
 
 def encode_npy(array: NDArray[Any]) -> bytes:
