@@ -40,6 +40,16 @@ class BodyTooLarge(ServiceError):
         super().__init__(f"The request body exceeds the limit of {limit} bytes.")
 
 
+class BodyTimeout(ServiceError):
+    status, code, title = 408, "body_timeout", "Request body too slow"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"The request body stalled: no data arrived for {seconds:g} seconds; "
+            "send the body without pauses."
+        )
+
+
 class UnsupportedMediaType(ServiceError):
     status, code, title = 415, "unsupported_media_type", "Unsupported media type"
 

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     max_tensor_elements: int = Field(default=64 * 1024 * 1024, ge=1)
     """Largest number of elements in one posted tensor."""
 
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
+    """Longest pause allowed while a request body arrives; a stalled body gets 408."""
+
     layer_cache_seconds: float = Field(default=1.0, ge=0)
     """How long a process reuses a layer it read (0: never); deletes elsewhere show after it."""
 

@@ -49,7 +49,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        timeout=settings.body_timeout_seconds,
+    )
     if settings.tokens():  # added last, so it runs first: no body is read for a refusal
         app.add_middleware(BearerAuth, tokens=settings.tokens(), reads=settings.auth_reads)
     problems.install(app)

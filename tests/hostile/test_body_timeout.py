@@ -1,0 +1,69 @@
+"""A stalled request body gets 408 body_timeout; a slow but steady one is still read."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from tests.conftest import Server
+
+TIMEOUT_SECONDS = 1.0
+
+
+@pytest.fixture(scope="module")
+def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = Server(
+        tmp_path_factory.mktemp("timeout") / "layers.sqlite3",
+        env={"SPATIAL_DROPOUT_BODY_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS)},
+    ).start()
+    yield server
+    server.stop()
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    answer = b""
+    while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        answer += chunk
+    return answer
+
+
+def _post_head(path: str, length: int, content_type: str) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "v2"),
+    [("/apply", "application/json", False), ("/v2/models/any/infer", "application/json", True)],
+)
+def test_a_stalled_body_gets_408(impatient: Server, path: str, content_type: str, v2: bool) -> None:
+    with socket.create_connection(("127.0.0.1", impatient.port), timeout=30) as sock:
+        sock.sendall(_post_head(path, 1000, content_type) + b'{"layer": ')
+        started = time.monotonic()
+        answer = _read_answer(sock)
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert (b'"error"' if v2 else b'"code":"body_timeout"') in answer
+    assert waited < 20  # answered, not hung until the client gave up
+    assert httpx.get(f"{impatient.url}/healthz").status_code == 200
+
+
+def test_a_slow_but_steady_body_is_read(impatient: Server) -> None:
+    body = b'{"spec": {"rate": 0.5}, "training": false, "input": [[[[1.0, 2.0]]]]}'
+    with socket.create_connection(("127.0.0.1", impatient.port), timeout=30) as sock:
+        sock.sendall(_post_head("/apply", len(body), "application/json"))
+        for start in range(0, len(body), 20):  # each piece well inside the timeout
+            sock.sendall(body[start : start + 20])
+            time.sleep(TIMEOUT_SECONDS / 4)
+        answer = _read_answer(sock)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    assert b'"output":[[[[1.0,2.0]]]]' in answer
