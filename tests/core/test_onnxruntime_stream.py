@@ -22,29 +22,15 @@ from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
 from service.core import rng
-from service.core.config import DataFormat, DropoutConfig, Kind
+from service.core.config import DropoutConfig, Kind
 from service.core.kernel import keep_mask_for, mask_shape
+from tests.structures import CF, STRUCTURES
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="default_random_engine is libstdc++'s only"
 )
 
-CL, CF = DataFormat.CHANNELS_LAST, DataFormat.CHANNELS_FIRST
 
-#: (config, input shape): every kind, both data formats, and the noise_shape forms.
-STRUCTURES: list[tuple[DropoutConfig, tuple[int, ...]]] = [
-    (DropoutConfig(Kind.SPATIAL_1D, 0.5, CL), (4, 9, 6)),
-    (DropoutConfig(Kind.SPATIAL_1D, 0.5, CF), (3, 7, 2)),
-    (DropoutConfig(Kind.SPATIAL_2D, 0.5, CL), (5, 3, 2, 8)),
-    (DropoutConfig(Kind.SPATIAL_2D, 0.5, CF), (6, 16, 2, 3)),
-    (DropoutConfig(Kind.SPATIAL_3D, 0.5, CL), (2, 2, 3, 2, 33)),
-    (DropoutConfig(Kind.SPATIAL_3D, 0.5, CF), (3, 5, 2, 1, 2)),
-    (DropoutConfig(Kind.DROPOUT, 0.5), ()),
-    (DropoutConfig(Kind.DROPOUT, 0.5), (40,)),
-    (DropoutConfig(Kind.DROPOUT, 0.5), (3, 4, 5)),
-    (DropoutConfig(Kind.DROPOUT, 0.5, noise_shape=(None, 1, None)), (4, 6, 5)),
-    (DropoutConfig(Kind.DROPOUT, 0.5, noise_shape=(1, None, 1)), (4, 6, 5)),
-]
 #: 32 user seeds: the range's ends, small and consecutive ones, and arbitrary ones.
 SEEDS = [0, 1, 2, 3, 4, -1, -2, 2**63 - 1, -(2**63), 2**64 - 1, 2**64 - 2, 42, 1234, 99999]
 SEEDS += [int(s) for s in np.random.default_rng(20240607).integers(0, 2**63, 18)]

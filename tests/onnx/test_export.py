@@ -35,28 +35,19 @@ from service.onnx.export import (
     supported_opsets,
 )
 from service.store import open_store
+from tests.structures import CF, CL
+from tests.structures import STRUCTURES as SHARED_STRUCTURES
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="default_random_engine is libstdc++'s only"
 )
 
-CL, CF = DataFormat.CHANNELS_LAST, DataFormat.CHANNELS_FIRST
 DTYPES = list(ONNX_DTYPES)
 UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
 
-#: (config, input shape): every kind and data format, several ranks, the noise_shape forms.
+#: The shared structures, and one more noise_shape form.
 STRUCTURES: list[tuple[DropoutConfig, tuple[int, ...]]] = [
-    (DropoutConfig(Kind.SPATIAL_1D, 0.5, CL), (4, 9, 6)),
-    (DropoutConfig(Kind.SPATIAL_1D, 0.5, CF), (3, 7, 2)),
-    (DropoutConfig(Kind.SPATIAL_2D, 0.5, CL), (5, 3, 2, 8)),
-    (DropoutConfig(Kind.SPATIAL_2D, 0.5, CF), (6, 16, 2, 3)),
-    (DropoutConfig(Kind.SPATIAL_3D, 0.5, CL), (2, 2, 3, 2, 33)),
-    (DropoutConfig(Kind.SPATIAL_3D, 0.5, CF), (3, 5, 2, 1, 2)),
-    (DropoutConfig(Kind.DROPOUT, 0.5), ()),
-    (DropoutConfig(Kind.DROPOUT, 0.5), (40,)),
-    (DropoutConfig(Kind.DROPOUT, 0.5), (3, 4, 5)),
-    (DropoutConfig(Kind.DROPOUT, 0.5, noise_shape=(None, 1, None)), (4, 6, 5)),
-    (DropoutConfig(Kind.DROPOUT, 0.5, noise_shape=(1, None, 1)), (4, 6, 5)),
+    *SHARED_STRUCTURES,
     (DropoutConfig(Kind.DROPOUT, 0.5, noise_shape=(None, 6, 1)), (4, 6, 5)),
 ]
 RATES = [0.1, 0.5, 0.77, 0.999]
