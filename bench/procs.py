@@ -28,6 +28,19 @@ HOST = "127.0.0.1"
 LAYER = "bench"
 
 
+def status_kib(pid: int, key: str) -> int:
+    """A ``/proc/PID/status`` memory figure (VmRSS, VmHWM...) in KiB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{key}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {key} in /proc/{pid}/status")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process."""
+    return status_kib(pid, "VmRSS") * 1024
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))

@@ -42,7 +42,7 @@ from numpy.typing import NDArray
 
 from bench import load
 from bench.client import EchoConn, HttpConn
-from bench.procs import HOST, LAYER, ROOT, Proc, Processes
+from bench.procs import HOST, LAYER, ROOT, Proc, Processes, status_kib
 from service.core import kernel
 from service.core.config import DataFormat, DropoutConfig, Kind
 
@@ -569,20 +569,13 @@ def section_small(ctx: Context) -> list[Row]:
 # --- peak RSS ----------------------------------------------------------------------------
 
 
-def _status_kib(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{key}:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {key} in /proc/{pid}/status")
-
-
 def _reset_peak(pid: int) -> bool:
     """Reset VmHWM to the current RSS (``echo 5 > clear_refs``, Linux 4.0+)."""
     try:
         Path(f"/proc/{pid}/clear_refs").write_text("5")
     except OSError:
         return False
-    return _status_kib(pid, "VmHWM") <= _status_kib(pid, "VmRSS") + 1024
+    return status_kib(pid, "VmHWM") <= status_kib(pid, "VmRSS") + 1024
 
 
 def section_rss(ctx: Context) -> list[Row]:
@@ -607,13 +600,13 @@ def section_rss(ctx: Context) -> list[Row]:
                 with HttpConn(HOST, server.port) as http:  # warm the code paths, not the heap
                     http.request("POST", target, small, {"Content-Type": NPY})
             time.sleep(0.2)
-            rss = _status_kib(server.pid, "VmRSS")
+            rss = status_kib(server.pid, "VmRSS")
             resettable = _reset_peak(server.pid)
             if not resettable:
                 log("cannot reset VmHWM: the peak may include start-up; a fresh server per run")
             with HttpConn(HOST, server.port) as http:
                 answer = http.request("POST", target, body, {"Content-Type": NPY})
-                peak = _status_kib(server.pid, "VmHWM")
+                peak = status_kib(server.pid, "VmHWM")
                 if run == 0:
                     _check_npy(answer, expected, "POST /apply (.npy) 128 MiB")
             log(

@@ -24,11 +24,12 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
 import httpx
 import numpy as np
+
+from bench.procs import rss_bytes
 
 MAX_SECONDS: Final = 600
 MAX_CLIENTS: Final = 64
@@ -38,14 +39,6 @@ MIX: Final = {"create": 2, "apply_json": 3, "apply_npy": 3, "infer_v2": 2, "expo
 EXPORT_SEEDS: Final = (1, 2, 3, 4)
 POOL: Final = 8  # layers made before the soak, shared by the applies and exports
 MiB: Final = 1024 * 1024
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of a process, from /proc (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 @dataclass

@@ -11,10 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from bench.procs import rss_bytes
 from tests.api.helpers import create
 from tests.conftest import Server
 from tests.hostile.conftest import assert_serves
-from tests.hostile.wire import RawResponse, chunk, exchange, http_request, rss_bytes, rss_peak
+from tests.hostile.wire import RawResponse, chunk, exchange, http_request, rss_peak
 
 LIMIT = 8 * 1024 * 1024
 MiB = 1024 * 1024

@@ -9,10 +9,11 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import orjson
+
+from bench.procs import rss_bytes
 
 HOST = "127.0.0.1"
 
@@ -114,14 +115,6 @@ def _read_response(sock: socket.socket, start: float) -> RawResponse:
 
 
 # -- memory of a server process ---------------------------------------------------------
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of a process, from /proc (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 @dataclass

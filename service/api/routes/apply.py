@@ -26,7 +26,7 @@ from service.onnx.engine import OnnxEngine
 from service.settings import Settings
 
 NPY: Final = "application/x-npy"
-_QUERY_ONLY: Final = ("layer", "training", "seed", "sample_offset", "engine")
+_QUERY_ONLY: Final = tuple(NpyQuery.model_fields)
 
 router = APIRouter(tags=["apply"])
 

@@ -107,10 +107,14 @@ def _metadata(layer: Layer) -> dict[str, Any]:
     }
 
 
-def _layer(store: LayerStore, name: str, version: str | None) -> Layer:
-    layer = store.get(name)
+def _check_version(name: str, version: str | None) -> None:
     if version is not None and version != VERSION:
         raise errors.ModelVersionNotFound(name, version)
+
+
+def _layer(store: LayerStore, name: str, version: str | None) -> Layer:
+    layer = store.get(name)
+    _check_version(name, version)
     return layer
 
 
@@ -257,8 +261,7 @@ async def _infer(
     name: str, version: str | None, request: Request, store: LayerStore, settings: Settings
 ) -> Response:
     body = await read_body(request)  # writable: the kernel answers in place in a binary tail
-    if version is not None and version != VERSION:
-        raise errors.ModelVersionNotFound(name, version)
+    _check_version(name, version)
     layer = await stored_layer(store, name)
     return await maybe_in_thread(
         len(body),
