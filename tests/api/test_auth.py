@@ -12,6 +12,7 @@ import pytest
 from service.api.auth import BearerAuth
 from tests.api.helpers import assert_problem, unique
 from tests.conftest import Server
+from tests.hostile.wire import exchange, http_request
 
 TOKENS = ("tok-alpha", "tok-beta-longer")
 GOOD = {"Authorization": f"Bearer {TOKENS[1]}"}
@@ -132,14 +133,18 @@ def test_probes_metrics_and_the_document_stay_open(reads_too: Server, path: str)
 
 
 def test_a_refused_upload_is_not_read(writes_only: Server) -> None:
-    """The refusal comes before the body: a big unauthenticated body still gets a clean 401."""
-    big = b"\0" * (4 * 1024 * 1024)
-    response = httpx.post(
-        f"{writes_only.url}/apply?layer=x",
-        content=big,
-        headers={"Content-Type": "application/x-npy"},
+    """The refusal comes before the body: headers announcing 4 MiB, and not one byte of it
+    sent, get the 401; a server that read the body first would still be waiting for it."""
+    head = http_request(
+        "POST",
+        "/apply?layer=x",
+        {"Content-Type": "application/x-npy"},
+        content_length=4 * 1024 * 1024,
     )
-    assert_problem(response, 401, "unauthorized")
+    response = exchange(writes_only.port, head, timeout=10)
+    assert response.status == 401, response
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "unauthorized"
 
 
 def test_every_token_is_compared_every_time(monkeypatch: pytest.MonkeyPatch) -> None:

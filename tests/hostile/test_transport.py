@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from bench.procs import rss_bytes
+from harness.process import rss_bytes
 from tests.api.helpers import create
 from tests.conftest import Server
 from tests.hostile.conftest import assert_serves
