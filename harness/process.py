@@ -26,7 +26,7 @@ HOST = "127.0.0.1"
 
 
 def free_port() -> int:
-    """A loopback port nothing listens on now (the kernel's choice for port 0)."""
+    """A loopback port free at this moment (the kernel's choice for port 0)."""
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         port: int = sock.getsockname()[1]

@@ -20,15 +20,14 @@ INFER = {"inputs": [{"name": "input", "shape": [1, 1, 1, 2], "datatype": "FP32",
 
 
 def _server(tmp_path: Path, reads: bool) -> Iterator[Server]:
-    server = Server(
+    with Server(
         tmp_path / "auth.sqlite3",
         env={
             "SPATIAL_DROPOUT_API_TOKENS": f" {TOKENS[0]} ,{TOKENS[1]},",
             "SPATIAL_DROPOUT_AUTH_READS": str(reads).lower(),
         },
-    ).start()
-    yield server
-    server.stop()
+    ) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -16,12 +16,11 @@ TIMEOUT_SECONDS = 1.0
 
 @pytest.fixture(scope="module")
 def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server(
+    with Server(
         tmp_path_factory.mktemp("timeout") / "layers.sqlite3",
         env={"SPATIAL_DROPOUT_BODY_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS)},
-    ).start()
-    yield server
-    server.stop()
+    ) as server:
+        yield server
 
 
 def _read_answer(sock: socket.socket) -> bytes:

@@ -26,12 +26,11 @@ PROMPT = 10.0
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server(
+    with Server(
         tmp_path_factory.mktemp("transport") / "layers.sqlite3",
         env={"SPATIAL_DROPOUT_MAX_BODY_BYTES": str(LIMIT)},
-    ).start()
-    yield server
-    server.stop()
+    ) as server:
+        yield server
 
 
 @pytest.fixture
