@@ -71,23 +71,31 @@ class Server:
         self.stop()
 
 
+def serving(factory: pytest.TempPathFactory, name: str, **settings: object) -> Iterator[Server]:
+    """A server of a module's (or the session's) own, for fixtures to ``yield from``: its store
+    and log in a fresh temp directory ``name``, ``settings`` as SPATIAL_DROPOUT_<NAME> values."""
+    env = {f"SPATIAL_DROPOUT_{key.upper()}": str(value) for key, value in settings.items()}
+    with Server(factory.mktemp(name) / "layers.sqlite3", env=env) as server:
+        yield server
+
+
+def client_of(server: Server) -> Iterator[httpx.Client]:
+    """An HTTP client for ``server``, closed afterwards, for fixtures to ``yield from``."""
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        yield client
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One server for the session; tests that must stop one make their own."""
-    with Server(
-        tmp_path_factory.mktemp("server") / "layers.sqlite3",
-        env={
-            "SPATIAL_DROPOUT_MAX_BODY_BYTES": str(8 * 1024 * 1024),
-            "SPATIAL_DROPOUT_MAX_TENSOR_ELEMENTS": str(1024 * 1024),
-        },
-    ) as srv:
-        yield srv
+    yield from serving(
+        tmp_path_factory, "server", max_body_bytes=8 * 1024 * 1024, max_tensor_elements=1024 * 1024
+    )
 
 
 @pytest.fixture
 def client(server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as c:
-        yield c
+    yield from client_of(server)
 
 
 @pytest.fixture(scope="session")

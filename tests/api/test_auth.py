@@ -4,40 +4,29 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from service.api.auth import BearerAuth
 from tests.api.helpers import assert_problem, unique
-from tests.conftest import Server
+from tests.conftest import Server, serving
 from tests.hostile.wire import exchange, http_request
 
 TOKENS = ("tok-alpha", "tok-beta-longer")
+CONFIGURED = f" {TOKENS[0]} ,{TOKENS[1]},"  # spaces and an empty entry, which are ignored
 GOOD = {"Authorization": f"Bearer {TOKENS[1]}"}
 INFER = {"inputs": [{"name": "input", "shape": [1, 1, 1, 2], "datatype": "FP32", "data": [1, 2]}]}
 
 
-def _server(tmp_path: Path, reads: bool) -> Iterator[Server]:
-    with Server(
-        tmp_path / "auth.sqlite3",
-        env={
-            "SPATIAL_DROPOUT_API_TOKENS": f" {TOKENS[0]} ,{TOKENS[1]},",
-            "SPATIAL_DROPOUT_AUTH_READS": str(reads).lower(),
-        },
-    ) as server:
-        yield server
-
-
 @pytest.fixture(scope="module")
 def writes_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from _server(tmp_path_factory.mktemp("auth-writes"), reads=False)
+    yield from serving(tmp_path_factory, "auth-writes", api_tokens=CONFIGURED, auth_reads="false")
 
 
 @pytest.fixture(scope="module")
 def reads_too(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from _server(tmp_path_factory.mktemp("auth-reads"), reads=True)
+    yield from serving(tmp_path_factory, "auth-reads", api_tokens=CONFIGURED, auth_reads="true")
 
 
 def _layer(server: Server) -> str:
