@@ -21,22 +21,22 @@ test: setup
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check service tests $(wildcard bench)
-	$(BIN)/ruff format --check service tests $(wildcard bench)
+	$(BIN)/ruff check service tests harness $(wildcard bench)
+	$(BIN)/ruff format --check service tests harness $(wildcard bench)
 	$(BIN)/mypy service
 	$(BIN)/hadolint docker/Dockerfile
 	$(BIN)/spatial-dropout openapi --check
 
 format: setup
-	$(BIN)/ruff check --fix service tests $(wildcard bench)
-	$(BIN)/ruff format service tests $(wildcard bench)
+	$(BIN)/ruff check --fix service tests harness $(wildcard bench)
+	$(BIN)/ruff format service tests harness $(wildcard bench)
 
 openapi: setup
 	$(BIN)/spatial-dropout openapi
 
 check: lint test
 
-# Issue 5's benchmark (not a test: it asserts nothing; README, "Performance"). The load points
+# The benchmark (not a test: it asserts nothing; README, "Performance"). The load points
 # use Debian's wrk, installed here when missing (as root); without it bench/ falls back to its
 # own Python load generator. `make bench BENCH_ARGS=--quick` for a smoke run.
 BENCH_ARGS ?=

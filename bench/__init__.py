@@ -1,1 +1,2 @@
-"""Issue 5's benchmark (not a test): ``python -m bench.run``; see README, "Performance"."""
+"""The benchmark (not a test): ``python -m bench.run``, a scenario a module in
+``bench.scenarios``; see README, "Performance"."""

@@ -2,7 +2,7 @@
 
 PostgreSQL refuses to run as root, so as root the server runs as the ``postgres`` user (which
 Debian's package creates) in a directory that user owns. CI installs the package (.ci/run);
-elsewhere, without it, the tests that need it are skipped.
+elsewhere, without it, the tests that need it are skipped (under CI they fail).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.conftest import free_port
+from harness.process import free_port
 
 SUPERUSER = "postgres"
 

@@ -129,8 +129,17 @@ def test_npy_bfloat16_keeps_its_dtype(client: httpx.Client) -> None:
         headers=NPY,
         params={"layer": layer["name"], "training": "true", "seed": 1},
     )
-    out = load(response.content).view(ml_dtypes.bfloat16)
-    np.testing.assert_array_equal(out.view(np.uint16), reference(x, 0.5, 1).view(np.uint16))
+    assert response.status_code == 200, response.text
+    answer = io.BytesIO(response.content)
+    assert np.lib.format.read_magic(answer) == (1, 0)
+    header = np.lib.format.read_array_header_1_0(answer)
+    assert header == ((2, 2, 2, 4), False, np.dtype("V2"))  # as np.save writes bfloat16
+    assert response.content.find(b"'descr': '<V2'") > 0
+    assert len(response.content) - answer.tell() == x.size * 2
+    out = np.frombuffer(response.content, ml_dtypes.bfloat16, offset=answer.tell())
+    np.testing.assert_array_equal(
+        out.view(np.uint16), reference(x, 0.5, 1).reshape(-1).view(np.uint16)
+    )
 
 
 def test_split_batches_with_sample_offset_equal_the_whole(client: httpx.Client) -> None:

@@ -4,40 +4,29 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from service.api.auth import BearerAuth
 from tests.api.helpers import assert_problem, unique
-from tests.conftest import Server
+from tests.conftest import Server, serving
+from tests.hostile.wire import exchange, http_request
 
 TOKENS = ("tok-alpha", "tok-beta-longer")
+CONFIGURED = f" {TOKENS[0]} ,{TOKENS[1]},"  # spaces and an empty entry, which are ignored
 GOOD = {"Authorization": f"Bearer {TOKENS[1]}"}
 INFER = {"inputs": [{"name": "input", "shape": [1, 1, 1, 2], "datatype": "FP32", "data": [1, 2]}]}
 
 
-def _server(tmp_path: Path, reads: bool) -> Iterator[Server]:
-    server = Server(
-        tmp_path / "auth.sqlite3",
-        env={
-            "SPATIAL_DROPOUT_API_TOKENS": f" {TOKENS[0]} ,{TOKENS[1]},",
-            "SPATIAL_DROPOUT_AUTH_READS": str(reads).lower(),
-        },
-    ).start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture(scope="module")
 def writes_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from _server(tmp_path_factory.mktemp("auth-writes"), reads=False)
+    yield from serving(tmp_path_factory, "auth-writes", api_tokens=CONFIGURED, auth_reads="false")
 
 
 @pytest.fixture(scope="module")
 def reads_too(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from _server(tmp_path_factory.mktemp("auth-reads"), reads=True)
+    yield from serving(tmp_path_factory, "auth-reads", api_tokens=CONFIGURED, auth_reads="true")
 
 
 def _layer(server: Server) -> str:
@@ -132,14 +121,18 @@ def test_probes_metrics_and_the_document_stay_open(reads_too: Server, path: str)
 
 
 def test_a_refused_upload_is_not_read(writes_only: Server) -> None:
-    """The refusal comes before the body: a big unauthenticated body still gets a clean 401."""
-    big = b"\0" * (4 * 1024 * 1024)
-    response = httpx.post(
-        f"{writes_only.url}/apply?layer=x",
-        content=big,
-        headers={"Content-Type": "application/x-npy"},
+    """The refusal comes before the body: headers announcing 4 MiB, and not one byte of it
+    sent, get the 401; a server that read the body first would still be waiting for it."""
+    head = http_request(
+        "POST",
+        "/apply?layer=x",
+        {"Content-Type": "application/x-npy"},
+        content_length=4 * 1024 * 1024,
     )
-    assert_problem(response, 401, "unauthorized")
+    response = exchange(writes_only.port, head, timeout=10)
+    assert response.status == 401, response
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "unauthorized"
 
 
 def test_every_token_is_compared_every_time(monkeypatch: pytest.MonkeyPatch) -> None:

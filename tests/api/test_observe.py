@@ -140,14 +140,10 @@ def test_log_config_levels_and_formats() -> None:
 
 
 def test_a_real_server_writes_json_lines(tmp_path: Path) -> None:
-    server = Server(tmp_path / "logs.sqlite3", env={"SPATIAL_DROPOUT_LOG_LEVEL": "info"}).start()
-    try:
+    with Server(tmp_path / "logs.sqlite3", env={"SPATIAL_DROPOUT_LOG_LEVEL": "info"}) as server:
         response = httpx.get(f"{server.url}/layers", headers={"X-Request-ID": "from-outside"})
         assert response.headers["x-request-id"] == "from-outside"
-        assert server.log is not None
         line = _wait_for_line(server.log, "from-outside")
-    finally:
-        server.stop()
     assert line["route"] == "/layers" and line["status"] == 200
     text = server.log.read_text()
     records = [json.loads(raw) for raw in text.splitlines() if raw.strip()]

@@ -24,6 +24,7 @@ from service.errors import (
     RankMismatch,
     UnsupportedDtype,
 )
+from tests.golden import GOLDEN, Golden
 
 CL, CF = DataFormat.CHANNELS_LAST, DataFormat.CHANNELS_FIRST
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -503,41 +504,14 @@ def test_mask_matrix_is_samples_by_channels_or_the_mask_itself() -> None:
     assert mask_matrix(config, mask) is mask
 
 
-#: Golden masks (True = kept), rows are samples and columns channels for the spatial kinds,
-#: flat for dropout. Each was checked against onnxruntime 1.32 (CPU, Linux): a fresh session
-#: of Shape -> ConstantOfShape -> Dropout(seed=mix_seed(seed)) over the batch from sample 0 to
-#: sample_offset + N gave these rows (tests/core/test_onnxruntime_stream.py builds that graph).
-#: They pin the service's masks forever: never update them to follow a code change.
-GOLDEN = [
-    (0, spatial(4, 0.5, CL), (3, 2, 2, 5), 0, [[0, 0, 1, 0, 1], [1, 0, 1, 0, 0], [1, 0, 1, 0, 0]]),
-    (42, spatial(3, 0.3, CF), (2, 8, 4), 0, [[1, 1, 1, 0, 0, 1, 0, 0], [0, 1, 0, 1, 1, 1, 0, 1]]),
-    (2**64 - 1, spatial(5, 0.77, CL), (2, 1, 1, 1, 6), 5, [[0, 1, 0, 0, 0, 1], [0, 0, 0, 0, 0, 0]]),
-    (
-        7,
-        DropoutConfig(Kind.DROPOUT, 0.5),
-        (2, 3, 4),
-        0,
-        [1, 0, 1, 1, 1, 1, 0, 1, 1, 0, 1, 1, 0, 1, 1, 0, 1, 1, 0, 1, 0, 1, 1, 0],
-    ),
-    (
-        123,
-        DropoutConfig(Kind.DROPOUT, 0.1, noise_shape=(1, None, 1)),
-        (4, 10, 3),
-        3,
-        [1, 0, 1, 1, 1, 1, 1, 1, 1, 1],
-    ),
-]
-
-
-@pytest.mark.parametrize(("seed", "config", "shape", "offset", "expected"), GOLDEN)
-def test_golden_masks(
-    seed: int, config: DropoutConfig, shape: tuple[int, ...], offset: int, expected: list[Any]
-) -> None:
-    mask = mask_matrix(config, keep_mask_for(config, shape, seed, offset))
-    if config.kind is Kind.DROPOUT:
+@pytest.mark.parametrize("golden", GOLDEN)
+def test_golden_masks(golden: Golden) -> None:
+    drawn = keep_mask_for(golden.config, golden.shape, golden.seed, golden.offset)
+    mask = mask_matrix(golden.config, drawn)
+    if golden.config.kind is Kind.DROPOUT:
         mask = mask.reshape(-1)
-    assert mask.astype(int).tolist() == expected
-    assert kernel.mask_shape(config, shape) == keep_mask_for(config, shape, seed, offset).shape
+    assert mask.astype(int).tolist() == golden.mask
+    assert kernel.mask_shape(golden.config, golden.shape) == drawn.shape
 
 
 @pytest.mark.parametrize(

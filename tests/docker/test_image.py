@@ -13,12 +13,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-from tests.conftest import ROOT, free_port
+from harness.process import ROOT, Child, free_port
 from tests.docker.test_files import instructions
 
 
@@ -103,13 +102,13 @@ def test_the_wheel_serves_from_a_clean_virtualenv(tmp_path: Path) -> None:
         SPATIAL_DROPOUT_WORKERS="1",
         SPATIAL_DROPOUT_DATABASE_URL=f"sqlite:///{data}/layers.sqlite3",
     )
-    log = (tmp_path / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [str(bindir / "spatial-dropout"), "serve"], cwd=where, env=serve_env, stdout=log, stderr=log
+    served = Child(
+        "the installed serve", [str(bindir / "spatial-dropout"), "serve"], port, serve_env
     )
+    served.cwd = where
     try:
+        served.start(tmp_path / "serve.log").wait_ready("/readyz")
         url = f"http://127.0.0.1:{port}"
-        _wait_ready(url, process, tmp_path / "serve.log")
         made = httpx.post(f"{url}/layers", json={"name": "sd", "rate": 0.5, "seed": 7})
         assert made.status_code == 201, made.text
         applied = httpx.post(
@@ -120,13 +119,11 @@ def test_the_wheel_serves_from_a_clean_virtualenv(tmp_path: Path) -> None:
         assert applied.json()["mask"] == [[True, False, True]]  # the README's seed-7 mask
         assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
         _run(*_healthcheck(), cwd=where, env=serve_env)  # the image's HEALTHCHECK, as written
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
+        assert served.popen is not None
+        served.popen.send_signal(signal.SIGTERM)
+        assert served.popen.wait(timeout=60) == 0
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        log.close()
+        served.stop()
     assert (data / "layers.sqlite3").exists()
 
 
@@ -134,16 +131,3 @@ def _healthcheck() -> list[str]:
     (health,) = [rest for word, rest in instructions() if word == "HEALTHCHECK"]
     command: list[str] = json.loads(health[health.index("CMD") + 3 :].strip())
     return command
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    for _ in range(600):
-        if process.poll() is not None:
-            raise AssertionError(f"serve exited early:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"serve did not become ready:\n{log.read_text()}")

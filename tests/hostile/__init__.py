@@ -1,1 +1,1 @@
-"""Hostile input, faults and load against real servers on 127.0.0.1 (issue 7)."""
+"""Hostile input, faults and load against real servers on 127.0.0.1."""

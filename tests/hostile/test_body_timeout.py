@@ -9,19 +9,14 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.conftest import Server
+from tests.conftest import Server, serving
 
 TIMEOUT_SECONDS = 1.0
 
 
 @pytest.fixture(scope="module")
 def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server(
-        tmp_path_factory.mktemp("timeout") / "layers.sqlite3",
-        env={"SPATIAL_DROPOUT_BODY_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS)},
-    ).start()
-    yield server
-    server.stop()
+    yield from serving(tmp_path_factory, "timeout", body_timeout_seconds=TIMEOUT_SECONDS)
 
 
 def _read_answer(sock: socket.socket) -> bytes:

@@ -11,9 +11,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from bench.procs import rss_bytes
+from harness.process import rss_bytes
 from tests.api.helpers import create
-from tests.conftest import Server
+from tests.conftest import Server, client_of, serving
 from tests.hostile.conftest import assert_serves
 from tests.hostile.wire import RawResponse, chunk, exchange, http_request, rss_peak
 
@@ -26,18 +26,12 @@ PROMPT = 10.0
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server(
-        tmp_path_factory.mktemp("transport") / "layers.sqlite3",
-        env={"SPATIAL_DROPOUT_MAX_BODY_BYTES": str(LIMIT)},
-    ).start()
-    yield server
-    server.stop()
+    yield from serving(tmp_path_factory, "transport", max_body_bytes=LIMIT)
 
 
 @pytest.fixture
 def web(limited: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=limited.url, timeout=30) as client:
-        yield client
+    yield from client_of(limited)
 
 
 @pytest.fixture

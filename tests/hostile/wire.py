@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from bench.procs import rss_bytes
+from harness.process import rss_bytes
 
 HOST = "127.0.0.1"
 

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from dataclasses import replace
+from typing import Any, ClassVar
 
 import ml_dtypes
 import numpy as np
+import onnxruntime as ort
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
 from service.core import kernel, rng
-from service.core.config import DataFormat, DropoutConfig, Kind
+from service.core.config import DropoutConfig, Kind
 from service.errors import (
     BatchSizeMismatch,
     NoiseShapeMismatch,
@@ -24,24 +27,21 @@ from service.errors import (
     UnsupportedOnnxDtype,
 )
 from service.onnx.engine import OnnxEngine, stream_seed_at
+from tests.structures import CF, CL, STRUCTURES
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="default_random_engine is libstdc++'s only"
 )
 
-CL, CF = DataFormat.CHANNELS_LAST, DataFormat.CHANNELS_FIRST
 UINT = {2: np.uint16, 4: np.uint32, 8: np.uint64}
+RATES = [0.5, 0.3, 0.77, 0.2, 0.4]
 
+#: tests/structures.py's layers at several rates, and the rates and batch only a run can show.
 CASES: list[tuple[DropoutConfig, tuple[int, ...]]] = [
-    (DropoutConfig(Kind.SPATIAL_2D, 0.5, CL), (3, 4, 5, 6)),
-    (DropoutConfig(Kind.SPATIAL_2D, 0.3, CF), (3, 6, 4, 5)),
-    (DropoutConfig(Kind.SPATIAL_1D, 0.77, CL), (5, 7, 9)),
-    (DropoutConfig(Kind.SPATIAL_3D, 0.5, CF), (2, 5, 2, 3, 2)),
-    (DropoutConfig(Kind.SPATIAL_3D, 0.2, CL), (2, 2, 3, 2, 7)),
-    (DropoutConfig(Kind.DROPOUT, 0.4), (3, 4, 5)),
-    (DropoutConfig(Kind.DROPOUT, 0.4), ()),
-    (DropoutConfig(Kind.DROPOUT, 0.4, noise_shape=(None, 1, 5)), (3, 4, 5)),
-    (DropoutConfig(Kind.DROPOUT, 0.4, noise_shape=(1, 4, None)), (3, 4, 5)),
+    (replace(config, rate=rate), shape)
+    for (config, shape), rate in zip(STRUCTURES, itertools.cycle(RATES))
+]
+CASES += [
     (DropoutConfig(Kind.SPATIAL_2D, 1.0, CL), (2, 3, 3, 4)),
     (DropoutConfig(Kind.SPATIAL_2D, 0.0, CF), (2, 3, 3, 4)),
     (DropoutConfig(Kind.SPATIAL_2D, 0.5, CL), (0, 3, 3, 4)),
@@ -88,6 +88,51 @@ def test_every_call_is_the_kernel(
             got = engine.apply(config, x, training=training, seed=seed, sample_offset=offset)
             expected = kernel.apply(config, x, training=training, seed=seed, sample_offset=offset)
             assert_same_result(got, expected)
+
+
+class RecordingSession(ort.InferenceSession):  # type: ignore[misc]
+    """A real onnxruntime session that keeps what each of its runs returned."""
+
+    runs: ClassVar[list[list[Any]]] = []
+
+    def run(self, *args: Any, **kwargs: Any) -> list[Any]:
+        outputs: list[Any] = super().run(*args, **kwargs)
+        RecordingSession.runs.append(outputs)
+        return outputs
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_answer_is_what_an_onnxruntime_session_returned(
+    monkeypatch: pytest.MonkeyPatch, training: bool
+) -> None:
+    # Agreeing with the kernel cannot show that onnxruntime ran: the kernel agrees by design.
+    monkeypatch.setattr(ort, "InferenceSession", RecordingSession)
+    monkeypatch.setattr(RecordingSession, "runs", [])
+    fresh = OnnxEngine()  # no session cached before the recorder was in place
+    try:
+        config, shape = CASES[0]
+        x = sample(shape, "float32")
+        for seed in (1, 2):
+            before = len(RecordingSession.runs)
+            got = fresh.apply(config, x, training=training, seed=seed)
+            assert len(RecordingSession.runs) == before + 1
+            output, mask = RecordingSession.runs[-1]
+            assert got.output is output and got.mask is mask
+    finally:
+        fresh.close()
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.5])
+@pytest.mark.parametrize("training", [True, False])
+def test_the_output_is_a_copy_even_when_identity(
+    engine: OnnxEngine, training: bool, rate: float
+) -> None:
+    x = sample((2, 3, 3, 4), "float32")
+    kept = x.copy()
+    got = engine.apply(DropoutConfig(Kind.SPATIAL_2D, rate), x, training=training, seed=5)
+    assert not np.shares_memory(got.output, x)
+    np.asarray(got.output)[...] = 0  # writing the answer leaves the caller's input alone
+    assert np.array_equal(bits(x), bits(kept))
 
 
 def test_repeated_and_interleaved_calls_keep_agreeing(engine: OnnxEngine) -> None:

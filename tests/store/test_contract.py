@@ -74,7 +74,7 @@ def test_open_store_picks_the_backend_by_scheme(tmp_path: Path, postgres: Postgr
 
 
 def test_an_unreachable_postgres_is_store_unavailable() -> None:
-    from tests.conftest import free_port
+    from harness.process import free_port
 
     with pytest.raises(StoreUnavailable, match="did not answer"):
         PostgresLayerStore(f"postgresql://nobody@127.0.0.1:{free_port()}/none", connect_timeout=0.5)

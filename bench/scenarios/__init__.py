@@ -1,0 +1,19 @@
+"""One module per benchmark section; each ``run(ctx)`` returns its table rows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bench.common import Context
+from bench.scenarios import binary, json_body, kernel, rss, small, workers
+from bench.stats import Row
+
+#: section name (``--only``/``--skip``) -> its scenario, in the table's order.
+SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
+    "kernel": kernel.run,
+    "http": binary.run,
+    "json": json_body.run,
+    "small": small.run,
+    "rss": rss.run,
+    "workers": workers.run,
+}
