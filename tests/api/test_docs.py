@@ -171,3 +171,19 @@ def test_docs_and_the_document_are_labelled_by_their_path_in_metrics(
     for route in (*pages, "/docs/assets/{name}"):
         labels = {"method": "GET", "route": route, "status": "200"}
         assert requests_total(after, **labels) - requests_total(before, **labels) == 1, route
+
+
+def test_the_pages_and_their_assets_stay_open_when_reads_need_a_token(tmp_path: Path) -> None:
+    from service.api.app import create_app
+    from service.settings import Settings
+    from tests.inprocess import InProcess
+
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'layers.sqlite3'}",
+        api_tokens="secret",
+        auth_reads=True,
+    )
+    with InProcess(create_app(settings)) as app:
+        for path in ("/docs", "/redoc", "/openapi.json", "/docs/assets/swagger-ui.css"):
+            assert app.get(path).status_code == 200, path
+        assert app.get("/layers").status_code == 401  # reads do need one
