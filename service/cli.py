@@ -82,6 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 _ENV = "SPATIAL_DROPOUT_"
+_NO_FILE = "file_not_found"
 
 
 def _settings_in_force() -> Settings:
@@ -196,9 +197,6 @@ def _stored(ref: str, settings: Settings) -> Layer:
         raise
     finally:
         store.close()
-
-
-_NO_FILE = "file_not_found"
 
 
 def _openapi(path: Path, check: bool) -> int:
