@@ -1,20 +1,32 @@
 # Everything a developer or CI runs. `make serve` and `make test` work on a fresh machine:
-# they create .venv and install the project (with its test tools) into it first.
+# they create .venv and install into it what they need first. `make serve` installs the
+# project alone (its runtime dependencies); `make test` and `make setup` add the test tools,
+# Keras and torch into the same .venv, so going from one to the other upgrades it in place.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup serve test lint format openapi check bench clean
+.PHONY: setup runtime serve test lint format openapi check bench clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+runtime: $(VENV)/.runtime
+
+# Order-only prerequisite of both stamps: an existing .venv is reused, never recreated.
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,compat]'
+
+$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
 	touch $@
 
-serve: setup
+# A full install holds the runtime one too: its stamp is renewed with it.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev,compat]'
+	touch $@ $(VENV)/.runtime
+
+serve: runtime
 	$(BIN)/spatial-dropout serve
 
 test: setup

@@ -9,8 +9,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pydantic import ValidationError
+
+from service import __version__
 from service.errors import ServiceError
-from service.onnx.export import DEFAULT_DTYPE, DEFAULT_OPSET, MIN_OPSET
+from service.onnx.export import DEFAULT_DTYPE, DEFAULT_OPSET, MIN_OPSET, ONNX_DTYPES
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -22,12 +25,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="spatial-dropout", description="Keras-style spatial dropout as an HTTP service."
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve the HTTP API (SQLite under ./data/)")
-    serve.add_argument("--host", help="interface to bind (default: SPATIAL_DROPOUT_HOST)")
-    serve.add_argument("--port", type=int, help="port (default: SPATIAL_DROPOUT_PORT)")
-    serve.add_argument("--workers", type=int, help="processes (default: SPATIAL_DROPOUT_WORKERS)")
+    in_force = _settings_in_force()
+    serve = commands.add_parser(
+        "serve",
+        help="serve the HTTP API",
+        description=f"Serve the HTTP API; layers are stored in {in_force.database_url} "
+        f"({_ENV}DATABASE_URL). Each default below is the one in force: the setting's, "
+        "or the environment variable's when it is set.",
+    )
+    serve.add_argument("--host", help=_default(in_force, "host", "interface to bind"))
+    serve.add_argument("--port", type=int, help=_default(in_force, "port", "port"))
+    serve.add_argument(
+        "--workers", type=int, help=_default(in_force, "workers", "worker processes")
+    )
 
     export = commands.add_parser(
         "export", help="write a layer's ONNX model (offline: reads the store, needs no server)"
@@ -45,14 +58,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     export.add_argument(
         "--dtype",
         default=DEFAULT_DTYPE,
-        choices=["float16", "float32", "float64", "bfloat16"],
-        help=f"dtype of X and Y (default {DEFAULT_DTYPE}; bfloat16 is refused)",
+        choices=list(ONNX_DTYPES),
+        help=f"dtype of X and Y (default {DEFAULT_DTYPE}; onnxruntime runs no bfloat16 model)",
     )
     export.add_argument("--rank", type=int, help="input rank (dropout without noise_shape only)")
 
     openapi = commands.add_parser("openapi", help="write openapi.yaml from the app")
     openapi.add_argument("--check", action="store_true", help="fail if openapi.yaml differs")
-    openapi.add_argument("--output", "-o", type=Path, default=Path("openapi.yaml"))
+    openapi.add_argument(
+        "--output",
+        "-o",
+        type=Path,
+        default=Path("openapi.yaml"),
+        help="the file to write, or to compare with --check (default: %(default)s)",
+    )
 
     args = parser.parse_args(argv)
     if args.command == "serve":
@@ -60,6 +79,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "export":
         return _export(args.layer, args.output, args.opset, args.seed, args.dtype, args.rank)
     return _openapi(args.output, args.check)
+
+
+_ENV = "SPATIAL_DROPOUT_"
+_NO_FILE = "file_not_found"
+
+
+def _settings_in_force() -> Settings:
+    """The settings the environment gives; their defaults when it sets one badly (the
+    command itself then names the bad variable)."""
+    try:
+        return Settings()
+    except ValidationError:
+        return Settings.model_construct()
+
+
+def _default(settings: Settings, field: str, what: str) -> str:
+    return f"{what} (default: {getattr(settings, field)}, from {_ENV}{field.upper()})"
+
+
+class _CommandError(Exception):
+    """A failure of the command line itself (not of the service): a message and a code."""
+
+    def __init__(self, detail: str, code: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.code = code
 
 
 def _serve(host: str | None, port: int | None, workers: int | None) -> int:
@@ -85,7 +130,7 @@ def _export(
         layer = _spec_file(Path(ref), settings) if Path(ref).is_file() else _stored(ref, settings)
         model = export_layer(layer, seed=seed, opset=opset, dtype=dtype, rank=rank)
         output.write_bytes(model.SerializeToString())
-    except ServiceError as exc:
+    except (ServiceError, _CommandError) as exc:
         print(f"spatial-dropout export: {exc.detail} ({exc.code})", file=sys.stderr)
         return 1
     except OSError as exc:
@@ -120,17 +165,36 @@ def _spec_file(path: Path, settings: Settings) -> ResolvedSpec:
 
 
 def _stored(ref: str, settings: Settings) -> Layer:
-    """The stored layer ``ref`` names; a SQLite store that does not exist is not created."""
+    """The stored layer ``ref`` names; a SQLite store that does not exist is not created.
+
+    A ``ref`` that reads as a file name (a name cannot hold ``/``; ``.json`` is what a spec
+    file is called) and is neither a file nor a stored layer is reported as a missing file."""
     from service.errors import LayerNotFound
     from service.store import open_store
     from service.store.sqlite import sqlite_path
 
+    missing_file = _CommandError(f"no such file: {ref} (nor a stored layer of that name)", _NO_FILE)
+    if "/" in ref or "\\" in ref:
+        raise missing_file
     path = sqlite_path(settings.database_url)
     if path is not None and not path.exists():
-        raise LayerNotFound(ref)
+        if ref.endswith(".json"):
+            raise missing_file
+        where = f"{path.resolve()}"
+        if not path.is_absolute():
+            where += f" ({path} from the current directory, {Path.cwd()})"
+        raise _CommandError(
+            f"no layer store at {where}: {_ENV}DATABASE_URL is {settings.database_url}. "
+            "Run export where the store is, set the variable to it, or pass a JSON spec file.",
+            "store_not_found",
+        )
     store = open_store(settings.database_url)
     try:
         return store.get(ref)
+    except LayerNotFound:
+        if ref.endswith(".json"):
+            raise missing_file from None
+        raise
     finally:
         store.close()
 

@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from service import telemetry
 from service.core import kernel
 from service.core.config import DropoutConfig
-from service.layers.resolve import DEFAULT_NAMES, ResolvedSpec, dropout_config
+from service.layers.resolve import ResolvedSpec, dropout_config
 from service.layers.spec import Layer
 from service.onnx.engine import OnnxEngine
 
@@ -31,7 +31,7 @@ class Applied:
     output: NDArray[np.generic]
     mask: NDArray[np.bool_]
     seed: int
-    layer_name: str
+    layer_name: str | None
     config: DropoutConfig
 
     def mask_matrix(self) -> NDArray[np.bool_]:
@@ -47,8 +47,10 @@ def choose_seed(requested: int | None, layer_seed: int | None) -> int:
     return secrets.randbits(DRAWN_SEED_BITS)
 
 
-def layer_name(layer: Layer | ResolvedSpec) -> str:
-    return layer.name or DEFAULT_NAMES[layer.kind]
+def layer_name(layer: Layer | ResolvedSpec) -> str | None:
+    """A stored layer's name; an inline spec's own name, or None: nothing was stored, so a
+    generated name would name no layer."""
+    return layer.name
 
 
 def apply_layer(

@@ -9,7 +9,7 @@ from functools import partial
 from fastapi import FastAPI
 
 from service import __version__
-from service.api import problems
+from service.api import docpages, problems
 from service.api.auth import BearerAuth
 from service.api.fastpath import fast_routes
 from service.api.limits import BodyLimitMiddleware
@@ -46,6 +46,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # service.api.docpages serves these, with assets of its own
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
@@ -63,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(v2.router)
     app.include_router(metrics.router)
+    app.include_router(docpages.router(app))
     app.router.routes[:0] = fast_routes()  # see service.api.fastpath
     app.openapi = partial(build_openapi, app)  # type: ignore[method-assign]
     return app

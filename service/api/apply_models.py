@@ -90,7 +90,10 @@ class ApplyResponse(BaseModel):
     output: FlatTensor | list[Any]
     seed: int = Field(description="The seed used: replay the call with it.")
     training: bool
-    layer: str = Field(description="The layer's name.")
+    layer: str | None = Field(
+        description="The stored layer's name; for an inline `spec`, its own `name`, or null "
+        "when it has none (nothing is stored, so no name is generated)."
+    )
     mask: list[Any] | None = Field(
         default=None, description="samples x channels, true = kept; only with return_mask."
     )

@@ -20,7 +20,7 @@ from service.errors import Forbidden, ServiceError, Unauthorized
 OPEN_PATHS: Final = frozenset(
     {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 )
-OPEN_PREFIXES: Final = ("/v2/health/",)
+OPEN_PREFIXES: Final = ("/v2/health/", "/docs/assets/")
 READ_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 REALM: Final = 'Bearer realm="spatial-dropout"'
 

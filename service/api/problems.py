@@ -15,7 +15,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Match
 
-from service.errors import InvalidJson, RequestValidation, ServiceError
+from service.errors import InvalidJson, RequestValidation, ServiceError, UnsupportedDtype
 
 PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
 logger = logging.getLogger("service.errors")
@@ -126,8 +126,20 @@ def validation_error(exc: ValidationError | RequestValidationError) -> ServiceEr
         if err.get("type") == "json_invalid":
             return InvalidJson(f"The body is not valid JSON: {err.get('msg', '')}.")
     first = errors[0] if errors else {}
+    if _unknown_dtype_name(first):
+        return UnsupportedDtype(str(first["input"])[:40])
     where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
     return RequestValidation(f"{where}: {first.get('msg', 'invalid')}")
+
+
+def _unknown_dtype_name(err: Mapping[str, Any]) -> bool:
+    """A string naming no dtype in a body's top-level ``dtype``: the code the tensor codec
+    gives the same name inside ``input`` (and .npy gives an integer array)."""
+    return (
+        tuple(err.get("loc", ())) == ("dtype",)
+        and err.get("type") == "literal_error"
+        and isinstance(err.get("input"), str)
+    )
 
 
 #: The methods a 405's ``Allow`` may name (probed in this order, so the header is sorted).

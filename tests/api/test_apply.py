@@ -67,8 +67,14 @@ def test_nested_json_answers_nested(client: httpx.Client) -> None:
     ).json()
     got = np.array(answer["output"], dtype=np.float64)
     np.testing.assert_array_equal(got, reference(x, 0.3, 1, kind=Kind.SPATIAL_1D))
-    assert answer["layer"] == "spatial_dropout1d"
+    assert answer["layer"] is None  # nothing stored, so no generated name
     assert "mask" not in answer
+
+
+def test_an_inline_spec_answers_with_its_own_name(client: httpx.Client) -> None:
+    body = {"spec": {"name": "mine", "rate": 0.5}, "input": [[[[1.0]]]]}
+    assert client.post("/apply", json=body).json()["layer"] == "mine"
+    assert client.get("/layers/mine").status_code == 404  # and still stores nothing
 
 
 def test_inference_mode_is_the_identity(client: httpx.Client) -> None:
@@ -181,6 +187,9 @@ def _flat(shape: list[int], data: list[float], dtype: str = "float32") -> dict[s
         ({"input": _flat([1, 1, 1, 2**22], [])}, 413, "tensor_too_large"),
         ({"input": [[1.0, 2.0]]}, 422, "rank_mismatch"),
         ({"input": _flat([1, 1, 1, 2], [1, 2], "int32")}, 422, "unsupported_dtype"),
+        ({"dtype": "int32", "input": [[[[1, 2]]]]}, 422, "unsupported_dtype"),  # same code
+        ({"dtype": "int32"}, 422, "unsupported_dtype"),
+        ({"dtype": 32, "input": [[[[1, 2]]]]}, 422, "validation_error"),  # not a name at all
         ({"input": _flat([1, 1, 1, 1], [1e39])}, 422, "value_out_of_range"),
         ({"input": [[[["1"]]]]}, 422, "validation_error"),
         ({"layer": "no-such-layer"}, 404, "layer_not_found"),

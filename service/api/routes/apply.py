@@ -191,7 +191,7 @@ def _apply_npy(
     return BuffersResponse(
         [header, data],
         media_type=NPY,
-        headers={"X-Seed": str(applied.seed), "X-Layer": _ascii_header(applied.layer_name)},
+        headers={"X-Seed": str(applied.seed), "X-Layer": _ascii_header(layer.name)},
     )
 
 
