@@ -41,6 +41,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._began = False  # some of the head has been parsed
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
+        self._refused = False  # answered 431/408: the rest of what arrives is ignored
         super().connection_made(transport)
         self._arm()
 
@@ -49,6 +50,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         # A read that starts between two requests is not counted: where in it the next head
         # begins is unknown, and the next read is counted whole.
         if self._in_head:
@@ -57,16 +60,44 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head and self._head_bytes > self._max_head:
             self._refuse(HeadTooLarge(self._max_head))
 
+    # The parser's callbacks: once refused, the rest of the read (a body, more requests) is
+    # parsed still, but goes nowhere.
+
     def on_message_begin(self) -> None:
+        if self._refused:
+            return
         super().on_message_begin()
         self._in_head = self._began = True
         self._arm()
 
+    def on_url(self, url: bytes) -> None:
+        if not self._refused:
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._refused:
+            super().on_header(name, value)
+
     def on_headers_complete(self) -> None:
+        if self._refused:
+            return
         self._in_head = self._began = False
         self._head_bytes = 0
         self._disarm()
+        # The exact size, for a head that came in one read: the target and the header lines.
+        size = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        if size > self._max_head:
+            self._refuse(HeadTooLarge(self._max_head))
+            return
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._refused:
+            super().on_message_complete()
 
     def _arm(self) -> None:
         if self._head_timer is None:
@@ -85,6 +116,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _refuse(self, err: ServiceError) -> None:
+        self._refused = True
         self._in_head = False
         self._disarm()
         if self.transport.is_closing():
