@@ -13,7 +13,8 @@ MAX_RANK: Final = 32
 MAX_DIM: Final = 2**63 - 1
 
 #: A layer's ``batch_size`` and its ``noise_shape`` entries: positive, and a valid int64 size.
-Dim = Annotated[int, Field(ge=1, le=MAX_DIM, strict=True)]
+#: (``lt`` rather than ``le``: OpenAPI writes bounds as floats, and 2**63 is one exactly.)
+Dim = Annotated[int, Field(ge=1, lt=MAX_DIM + 1, strict=True)]
 
 #: An input rank (``?rank=``, ``--rank``).
 Rank = Annotated[int, Field(ge=0, le=MAX_RANK)]
