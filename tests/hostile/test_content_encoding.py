@@ -14,7 +14,9 @@ import orjson
 import pytest
 
 from tests.api.helpers import npy, unique
+from tests.conftest import Server
 from tests.hostile.conftest import assert_serves
+from tests.hostile.wire import chunk, exchange, http_request
 
 LIMIT = 8 * 1024 * 1024  # the session server's SPATIAL_DROPOUT_MAX_BODY_BYTES
 X = np.arange(12, dtype=np.float32).reshape(1, 2, 2, 3)
@@ -144,3 +146,32 @@ def test_a_corrupt_compressed_body_gets_400(
     assert response.status_code == 400, response.text
     if not route(layer)[0].startswith("/v2"):
         assert _code(response) == "invalid_compressed_body"
+
+
+def test_a_compressed_body_in_many_chunks_is_inflated_as_it_arrives(
+    server: Server, layer: str
+) -> None:
+    """Raw chunked framing, 64-byte pieces: the inflater carries its state across them."""
+    path, media, plain = _apply_json(layer)
+    packed = gzip.compress(plain)
+    pieces = [chunk(packed[i : i + 64]) for i in range(0, len(packed), 64)] + [b"0\r\n\r\n"]
+    head = http_request(
+        "POST", path, {"Content-Type": media, "Content-Encoding": "gzip"}, chunked=True
+    )
+    answer = exchange(server.port, head, pieces, pause=0.002)
+    assert answer.status == 200, answer.body[:300]
+    expected = X * np.array([2, 0, 2], dtype=np.float32)  # seed 7, as in assert_serves
+    np.testing.assert_array_equal(np.array(answer.json()["output"], np.float32), expected)
+
+
+def test_a_bomb_in_chunks_is_cut_off_at_the_limit(server: Server, layer: str) -> None:
+    bomb = _bomb(4 * LIMIT)
+    pieces = [chunk(bomb[i : i + 4096]) for i in range(0, len(bomb), 4096)] + [b"0\r\n\r\n"]
+    head = http_request(
+        "POST",
+        "/layers",
+        {"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        chunked=True,
+    )
+    answer = exchange(server.port, head, pieces)
+    assert (answer.status, answer.json()["code"]) == (413, "body_too_large")
