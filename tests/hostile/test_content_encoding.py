@@ -175,3 +175,17 @@ def test_a_bomb_in_chunks_is_cut_off_at_the_limit(server: Server, layer: str) ->
     )
     answer = exchange(server.port, head, pieces)
     assert (answer.status, answer.json()["code"]) == (413, "body_too_large")
+
+
+def test_two_encoding_lines_are_one_list(server: Server, layer: str) -> None:
+    """``br`` on a line of its own is not lost behind a ``gzip`` line."""
+    path, media, plain = _apply_json(layer)
+    packed = gzip.compress(plain)
+    head = http_request(
+        "POST",
+        path,
+        {"Content-Type": media, "Content-Encoding": "br", "content-encoding": "gzip"},
+        content_length=len(packed),
+    )
+    answer = exchange(server.port, head, [packed])
+    assert (answer.status, answer.json()["code"]) == (415, "unsupported_content_encoding")
