@@ -128,8 +128,9 @@ def _framing(scope: Scope) -> tuple[int | None, str | None, bool]:
     for key, value in scope["headers"]:
         if key == b"content-length":
             declared = int(value) if value.isdigit() else None
-        elif key == b"content-encoding":
-            encoding = value.decode("latin-1")
+        elif key == b"content-encoding":  # several lines are one list (RFC 9110 5.3)
+            text = value.decode("latin-1")
+            encoding = text if encoding is None else f"{encoding}, {text}"
         elif key == b"transfer-encoding":
             chunked = True
     return declared, encoding, chunked or bool(declared)
