@@ -13,7 +13,7 @@ from service.api import problems
 from service.api.auth import BearerAuth
 from service.api.budget import BodyBudget
 from service.api.fastpath import fast_routes
-from service.api.head import HeadAsGet
+from service.api.head_method import HeadAsGet
 from service.api.limits import BodyLimitMiddleware
 from service.api.metrics import Metrics
 from service.api.observe import ServiceApp
