@@ -50,6 +50,30 @@ class BodyTimeout(ServiceError):
         )
 
 
+class HeadTooLarge(ServiceError):
+    status, code, title = 431, "header_too_large", "Request head too large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"The request line and headers exceed the limit of {limit} bytes.")
+
+
+class HeadTimeout(ServiceError):
+    status, code, title = 408, "head_timeout", "Request head too slow"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"The request line and headers did not arrive within {seconds:g} seconds.")
+
+
+class ServerBusy(ServiceError):
+    status, code, title = 503, "server_busy", "Too many unfinished request bodies"
+
+    def __init__(self, budget: int) -> None:
+        super().__init__(
+            f"Unfinished request bodies already hold {budget} bytes in this server process; "
+            "retry after the time in Retry-After."
+        )
+
+
 class UnsupportedMediaType(ServiceError):
     status, code, title = 415, "unsupported_media_type", "Unsupported media type"
 

@@ -16,6 +16,7 @@ from service.settings import Settings
 
 #: prometheus_client's own variable: where each worker process writes its samples.
 MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
+GUARDED_PROTOCOL: Final = "service.api.heads:GuardedHttpToolsProtocol"
 
 
 def serve(host: str | None, port: int | None, workers: int | None) -> int:
@@ -39,6 +40,9 @@ def serve(host: str | None, port: int | None, workers: int | None) -> int:
             log_level=settings.log_level,
             log_config=log_config(settings.log_level, settings.log_format),
             access_log=False,  # the app writes one line per request itself, with its id
+            # httptools, with the head's size and time bounded (see service.api.heads); an
+            # import string, so that each worker process loads it with its own settings.
+            http=GUARDED_PROTOCOL,
             timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
         )
     return 0

@@ -30,6 +30,15 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(default=30.0, gt=0)
     """Longest pause allowed while a request body arrives; a stalled body gets 408."""
 
+    max_pending_body_bytes: int = Field(default=1024 * 1024 * 1024, ge=1024)
+    """Most bytes all unfinished request bodies of a process may hold; past it, 503."""
+
+    max_head_bytes: int = Field(default=64 * 1024, ge=1024)
+    """Largest request line plus headers; a larger head gets 431 and the connection closes."""
+
+    head_timeout_seconds: float = Field(default=10.0, gt=0)
+    """Longest wait for a whole request head (capped by BODY_TIMEOUT_SECONDS); then 408."""
+
     layer_cache_seconds: float = Field(default=1.0, ge=0)
     """How long a process reuses a layer it read (0: never); deletes elsewhere show after it."""
 

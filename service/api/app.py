@@ -11,7 +11,9 @@ from fastapi import FastAPI
 from service import __version__
 from service.api import docpages, problems
 from service.api.auth import BearerAuth
+from service.api.budget import BodyBudget
 from service.api.fastpath import fast_routes
+from service.api.head_method import HeadAsGet
 from service.api.limits import BodyLimitMiddleware
 from service.api.metrics import Metrics
 from service.api.observe import ServiceApp
@@ -52,10 +54,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.add_middleware(HeadAsGet)  # innermost: logs, metrics and auth see the HEAD
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         timeout=settings.body_timeout_seconds,
+        budget=BodyBudget(settings.max_pending_body_bytes),
     )
     if settings.tokens():  # added last, so it runs first: no body is read for a refusal
         app.add_middleware(BearerAuth, tokens=settings.tokens(), reads=settings.auth_reads)

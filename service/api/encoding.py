@@ -1,4 +1,9 @@
-"""Compressed request bodies (``Content-Encoding: gzip`` / ``deflate``), bounded against bombs."""
+"""Compressed request bodies (``Content-Encoding: gzip`` / ``deflate``), bounded against bombs.
+
+Every route takes them alike: ``BodyLimitMiddleware`` inflates the body as it streams in (an
+``Inflater`` per request), so routes only ever see identity bodies, and what the limit counts
+is what the route would hold.
+"""
 
 from __future__ import annotations
 
@@ -15,21 +20,50 @@ _WBITS: Final[dict[str, int]] = {
 }
 
 
+class Inflater:
+    """One compressed body, inflated piece by piece; never more than ``limit`` bytes out."""
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        self.limit = limit
+        self.produced = 0
+        self._inflater = zlib.decompressobj(_WBITS[name])
+
+    def feed(self, data: bytes | bytearray, *, final: bool) -> bytes:
+        """The bytes ``data`` inflates to; ``final`` when it is the body's last piece."""
+        if self._inflater.eof and data:
+            raise InvalidCompressedBody(f"The {self.name} body has trailing bytes.")
+        room = self.limit - self.produced
+        try:
+            # At most one byte past the limit is made, so a bomb costs no more than the limit.
+            out = self._inflater.decompress(data, room + 1)
+        except zlib.error as exc:
+            raise InvalidCompressedBody(
+                f"The {self.name} body cannot be inflated: {exc}."
+            ) from None
+        if len(out) > room:
+            raise BodyTooLarge(self.limit)
+        self.produced += len(out)
+        if self._inflater.unused_data:
+            raise InvalidCompressedBody(f"The {self.name} body has trailing bytes.")
+        if final and not self._inflater.eof:
+            raise InvalidCompressedBody(f"The {self.name} body is truncated.")
+        return out
+
+
+def inflater_for(encoding: str, limit: int) -> Inflater | None:
+    """The inflater a ``Content-Encoding`` needs; None for identity; 415 for anything else."""
+    name = encoding.strip().lower()
+    if name in ("", "identity"):
+        return None
+    if name not in _WBITS:
+        raise UnsupportedContentEncoding(encoding)
+    return Inflater(name, limit)
+
+
 def decode_content(body: bytearray, encoding: str | None, limit: int) -> bytearray | bytes:
-    """The body, inflated; never more than ``limit`` bytes are produced (a bomb gets 413)."""
-    name = (encoding or "identity").strip().lower()
-    if name == "identity":
+    """The whole body, inflated (for a body that did not pass through the middleware)."""
+    inflater = inflater_for(encoding or "", limit)
+    if inflater is None:
         return body
-    wbits = _WBITS.get(name)
-    if wbits is None:
-        raise UnsupportedContentEncoding(encoding or "")
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidCompressedBody(f"The {name} body cannot be inflated: {exc}.") from None
-    if len(out) > limit:
-        raise BodyTooLarge(limit)
-    if not inflater.eof or inflater.unused_data:
-        raise InvalidCompressedBody(f"The {name} body is truncated or has trailing bytes.")
-    return out
+    return inflater.feed(body, final=True)

@@ -22,7 +22,6 @@ logger = logging.getLogger("service.errors")
 
 #: Framework statuses (unknown route, wrong method...) get codes of their own too.
 _HTTP_CODES: Final[dict[int, str]] = {
-    400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
     406: "not_acceptable",
@@ -188,6 +187,16 @@ def install(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400:
+            # FastAPI's only 400: a body json.loads gave up on (nested past the recursion
+            # limit, an integer past int's digit limit). /apply's orjson calls these invalid.
+            return error_response(
+                request.url.path,
+                InvalidJson(
+                    "The body is not JSON this server can read: too deeply nested, "
+                    "or a number with too many digits."
+                ),
+            )
         code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
         title = code.replace("_", " ").capitalize()
         headers = exc.headers

@@ -23,7 +23,8 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
-from service.codecs.npy import MAX_RANK, check_shape, format_shape, short_repr
+from service.codecs.npy import check_shape, format_shape, short_repr
+from service.core.bounds import MAX_RANK
 from service.core.dtypes import DTYPES, dtype_name
 from service.errors import (
     InvalidShape,

@@ -27,6 +27,7 @@ from typing import Any, Final, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
+from service.core.bounds import MAX_RANK
 from service.core.dtypes import DTYPES, dtype_name
 from service.errors import InvalidNpy, InvalidShape, TensorTooLarge, UnsupportedDtype
 
@@ -34,8 +35,6 @@ MEDIA_TYPE: Final = "application/x-npy"
 MAGIC: Final = b"\x93NUMPY"
 #: Far above any real header (a rank-32 header is < 1 KiB), far below what could hurt ``ast``.
 MAX_HEADER_BYTES: Final = 64 * 1024
-#: Highest rank any codec accepts; numpy's own ceiling is 64.
-MAX_RANK: Final = 32
 
 # Format version -> (size of the little-endian header-length field, header text encoding).
 _VERSIONS: Final[dict[tuple[int, int], tuple[int, str]]] = {

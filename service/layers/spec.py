@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
+from service.core.bounds import MAX_RANK, Dim
 from service.core.config import DataFormat, Kind
 
 #: A user seed: any unsigned 64-bit integer (mixed into the stream seed, see service.core.rng).
@@ -30,7 +31,7 @@ class LayerCreate(BaseModel):
         default=None,
         description="channels_last or channels_first (any case); null takes the server's default.",
     )
-    batch_size: Annotated[int, Field(ge=1, strict=True)] | None = Field(
+    batch_size: Dim | None = Field(
         default=None, description="When set, inputs must have exactly this many samples."
     )
     name: str | None = Field(
@@ -44,8 +45,9 @@ class LayerCreate(BaseModel):
     dtype: str | None = Field(
         default=None, description="Keras dtype policy name, kept for the Keras round trip."
     )
-    noise_shape: list[Annotated[int, Field(ge=1, strict=True)] | None] | None = Field(
+    noise_shape: list[Dim | None] | None = Field(
         default=None,
+        max_length=MAX_RANK,
         description="dropout only: the mask's shape; null entries take the input's size.",
     )
 

@@ -48,9 +48,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from service import __version__
 from service.core import kernel, rng
+from service.core.bounds import MAX_DIM, MAX_RANK
 from service.core.config import DataFormat, DropoutConfig, Kind
 from service.core.dtypes import DTYPES
 from service.errors import (
+    InvalidSpec,
     RequestValidation,
     SeedRequired,
     UnsupportedOnnxDtype,
@@ -345,8 +347,18 @@ def model_rank(config: DropoutConfig, rank: int | None = None) -> int:
     ONNX requires a rank for a model's inputs, so element-wise dropout (any rank in Keras)
     is exported for one rank at a time.
     """
+    if rank is not None and not 0 <= rank <= MAX_RANK:
+        raise RequestValidation(f"rank: must be between 0 and {MAX_RANK}, not {rank}.")
     fixed = config.kind.rank
     if fixed is None and config.noise_shape is not None:
+        # Specs are bounded when they are created; a row stored before the bounds were
+        # must not reach np.array(..., int64), which would overflow.
+        if len(config.noise_shape) > MAX_RANK or any(
+            d is not None and not 1 <= d <= MAX_DIM for d in config.noise_shape
+        ):
+            raise InvalidSpec(
+                f"noise_shape: at most {MAX_RANK} entries, each null or 1 to {MAX_DIM}."
+            )
         fixed = len(config.noise_shape)
     if fixed is None:
         if rank is None:

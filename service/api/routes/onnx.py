@@ -11,6 +11,7 @@ from service import errors
 from service.api.deps import StoreDep
 from service.api.docs import problems
 from service.api.negotiation import check_acceptable
+from service.core.bounds import MAX_RANK
 from service.onnx.export import DEFAULT_DTYPE, DEFAULT_OPSET, MIN_OPSET, export_layer, export_seed
 
 ONNX_MEDIA_TYPE: Final = "application/octet-stream"
@@ -76,7 +77,7 @@ def onnx_model(
     ] = DEFAULT_DTYPE,
     rank: Annotated[
         int | None,
-        Query(ge=0, le=32, description="Input rank; needed for dropout without noise_shape."),
+        Query(ge=0, le=MAX_RANK, description="Input rank; needed for dropout without noise_shape."),
     ] = None,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
