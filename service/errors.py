@@ -21,6 +21,11 @@ class ServiceError(Exception):
         super().__init__(detail)
         self.detail = detail
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries besides the problem body."""
+        return {}
+
 
 # -- request syntax ------------------------------------------------------------------------
 
@@ -195,6 +200,17 @@ class NameConflict(ServiceError):
 
 class StoreUnavailable(ServiceError):
     status, code, title = 503, "store_unavailable", "Store unavailable"
+    #: Seconds a client should wait before trying again: the store recovers within this
+    #: long of its database coming back, so sooner only adds load.
+    retry_after: ClassVar[int] = 1
+
+    def __init__(self, detail: str, reason: str = "unavailable") -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class StoreFull(ServiceError):
