@@ -55,7 +55,7 @@ class Settings(BaseSettings):
     """Most PostgreSQL connections one worker process keeps open (SQLite ignores it)."""
 
     database_timeout_seconds: float = Field(default=2.0, gt=0, le=3600)
-    """Longest a request waits on PostgreSQL before its 503 store_unavailable (statement_timeout)."""
+    """Longest a request waits on PostgreSQL before a 503 store_unavailable (statement_timeout)."""
 
     api_tokens: SecretStr = SecretStr("")
     """Bearer tokens, comma-separated; when set, writes need ``Authorization: Bearer <token>``."""
