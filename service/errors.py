@@ -200,12 +200,13 @@ class NameConflict(ServiceError):
 
 class StoreUnavailable(ServiceError):
     status, code, title = 503, "store_unavailable", "Store unavailable"
-    #: Seconds a client should wait before trying again: the store recovers within this
-    #: long of its database coming back, so sooner only adds load.
+    #: Seconds a client should wait before trying again: the store connects again on the
+    #: first call after its database is back, so a short wait loses nothing.
     retry_after: ClassVar[int] = 1
 
-    def __init__(self, detail: str, reason: str = "unavailable") -> None:
+    def __init__(self, detail: str, reason: str = "the layer store did not answer") -> None:
         super().__init__(detail)
+        #: Why, as a clause fit to follow "Not ready:" (what /readyz says).
         self.reason = reason
 
     @property

@@ -164,12 +164,12 @@ class Database:
     @contextlib.contextmanager
     def _connection(self, deadline: float) -> Iterator[Connection]:
         if self._closed:
-            raise StoreUnavailable("The layer store is closed.", reason="closed")
+            raise StoreUnavailable("The layer store is closed.", reason="the layer store is closed")
         if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise StoreUnavailable(
                 f"All {self._size} connections to the layer store stayed busy for "
                 f"{self.timeout:g} s; nothing was written.",
-                reason="busy",
+                reason=f"all {self._size} connections to PostgreSQL stayed busy",
             )
         try:
             conn = self._take_idle() or self._connect(deadline)
@@ -215,7 +215,7 @@ class Database:
             raise StoreUnavailable(
                 f"Connecting to the layer store took longer than {self.timeout:g} s; "
                 "nothing was written.",
-                reason="connect_timeout",
+                reason=f"PostgreSQL did not answer within {self.timeout:g} s",
             ) from None
         except psycopg.Error as exc:
             raise _unavailable(exc, deadline, self.timeout) from exc
@@ -292,16 +292,18 @@ def _close_late(future: Future[Connection]) -> None:
 def _unavailable(exc: psycopg.Error, deadline: float, timeout: float) -> StoreUnavailable:
     """A StoreUnavailable whose detail says why, in words safe to show any client."""
     if isinstance(exc, pg_errors.ConnectionTimeout) or time.monotonic() >= deadline:
-        reason, why = "timeout", f"did not answer within {timeout:g} s"
+        why = f"did not answer within {timeout:g} s"
     elif isinstance(exc, pg_errors.CannotConnectNow):
-        reason, why = "starting", "is starting up, shutting down or recovering"
+        why = "is starting up, shutting down or recovering"
     elif isinstance(exc, pg_errors.AdminShutdown):
-        reason, why = "shutdown", "is shutting down or ended the connection"
+        why = "is shutting down or ended the connection"
     elif isinstance(exc, pg_errors.QueryCanceled):
-        reason, why = "timeout", f"did not finish a statement within {timeout:g} s"
+        why = f"did not finish a statement within {timeout:g} s"
     else:
-        reason, why = "unreachable", "refused or lost the connection"
-    return StoreUnavailable(f"The layer store {why}; nothing was written.", reason=reason)
+        why = "refused or lost the connection"
+    return StoreUnavailable(
+        f"The layer store {why}; nothing was written.", reason=f"PostgreSQL {why}"
+    )
 
 
 @dataclass(order=True)
