@@ -394,3 +394,26 @@ def test_a_hung_database_answers_503_within_the_bound_and_recovers(service: Serv
     assert_all_there(service, before)
     assert "nothing was written" in write.json()["detail"]
     assert_absent(service, ["hung-write"])
+
+
+def test_a_statement_stuck_on_a_lock_ends_on_the_server_too(service: Service) -> None:
+    assert create(service.client, "locked").status_code == 201
+    with service.pg.admin() as conn, conn.transaction():
+        conn.execute("LOCK TABLE layers IN ACCESS EXCLUSIVE MODE")
+        response, took = service.timed("GET", "/layers/locked")
+        assert_unavailable(response, took)
+        # statement_timeout: the server stops waiting too, so the service's abandoned
+        # statement holds no place in the lock queue behind this transaction.
+        deadline = time.monotonic() + TIMEOUT_S + MARGIN_S
+        with service.pg.admin() as watcher:
+            while True:
+                waiting = watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity "
+                    "WHERE application_name = %s AND wait_event_type = 'Lock'",
+                    (APP,),
+                ).fetchone()
+                if waiting == (0,):
+                    break
+                assert time.monotonic() < deadline, "the service's statement still waits"
+                time.sleep(0.05)
+    assert service.client.get("/layers/locked").status_code == 200
