@@ -143,23 +143,29 @@ class Database:
         """
         with self._connection(deadline) as conn:
             armed = self._watchdog.arm(conn, deadline)
+            discard = False
             try:
                 return work(conn)
             except pg_errors.DiskFull:
                 raise StoreFull(
                     "The layer store is out of disk space; nothing was written."
                 ) from None
-            except psycopg.OperationalError as exc:
-                self._drop_idle()  # a server that dropped one connection dropped them all
+            except (psycopg.OperationalError, pg_errors.ReadOnlySqlTransaction) as exc:
+                # A server that dropped one connection dropped them all; one that is read-only
+                # is a standby (a failover under way): a fresh connection may reach the primary.
+                discard = True
+                self._drop_idle()
                 if not retry and time.monotonic() < deadline:
                     raise _Lost from exc
                 raise _unavailable(exc, deadline, self.timeout) from exc
+            except psycopg.IntegrityError:
+                raise  # the table's store knows what a taken name or id means
             except psycopg.Error as exc:
-                if conn.broken or conn.closed:
-                    raise _unavailable(exc, deadline, self.timeout) from exc
-                raise
+                raise _unavailable(exc, deadline, self.timeout) from exc
             finally:
-                self._watchdog.disarm(armed)
+                self._watchdog.disarm(armed)  # first: the watchdog may read the socket
+                if discard:
+                    conn.close()
 
     @contextlib.contextmanager
     def _connection(self, deadline: float) -> Iterator[Connection]:
@@ -297,10 +303,14 @@ def _unavailable(exc: psycopg.Error, deadline: float, timeout: float) -> StoreUn
         why = "is starting up, shutting down or recovering"
     elif isinstance(exc, pg_errors.AdminShutdown):
         why = "is shutting down or ended the connection"
+    elif isinstance(exc, pg_errors.ReadOnlySqlTransaction):
+        why = "is read-only (a standby: a failover may be under way)"
     elif isinstance(exc, pg_errors.QueryCanceled):
         why = f"did not finish a statement within {timeout:g} s"
-    else:
+    elif isinstance(exc, psycopg.OperationalError):
         why = "refused or lost the connection"
+    else:
+        why = f"failed ({type(exc).__name__})"
     return StoreUnavailable(
         f"The layer store {why}; nothing was written.", reason=f"PostgreSQL {why}"
     )
