@@ -434,3 +434,22 @@ def test_a_statement_stuck_on_a_lock_ends_on_the_server_too(service: Service) ->
                 assert time.monotonic() < deadline, "the service's statement still waits"
                 time.sleep(0.05)
     assert service.client.get("/layers/locked").status_code == 200
+
+
+def test_a_read_only_server_refuses_writes_with_503_and_serves_reads(service: Service) -> None:
+    """What a client sees while a failover points it at a standby."""
+    assert create(service.client, "before-read-only").status_code == 201
+    with service.pg.admin() as conn:
+        conn.execute("ALTER DATABASE layers SET default_transaction_read_only = on")
+        for pid in service.pg.service_backends():  # new connections take the setting
+            conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    try:
+        response, took = service.timed("POST", "/layers", json={"name": "ro", "rate": 0.1})
+        assert_unavailable(response, took)
+        assert "is read-only" in response.json()["detail"]
+        assert service.client.get("/layers/before-read-only").status_code == 200
+    finally:
+        with psycopg.connect(service.pg.url(), autocommit=True, connect_timeout=5) as conn:
+            conn.execute("ALTER DATABASE layers RESET default_transaction_read_only")
+    assert_absent(service, ["ro"])
+    assert create(service.client, "ro").status_code == 201
