@@ -37,7 +37,7 @@ from typing import Any, Final, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.pq import TransactionStatus
+from psycopg.pq import ConnStatus, TransactionStatus
 
 from service.errors import StoreFull, StoreUnavailable
 
@@ -100,7 +100,7 @@ class Database:
         self,
         change: Callable[[Connection, bool], T],
         *,
-        unsure: str = "The layer store stopped answering while the write committed: it may "
+        unsure: str = "The database stopped answering while the write committed: it may "
         "or may not have been applied.",
     ) -> T:
         """``change(conn, maybe_applied)`` in one transaction, run again once if the connection
@@ -147,9 +147,7 @@ class Database:
             try:
                 return work(conn)
             except pg_errors.DiskFull:
-                raise StoreFull(
-                    "The layer store is out of disk space; nothing was written."
-                ) from None
+                raise StoreFull("The database is out of disk space; nothing was written.") from None
             except (psycopg.OperationalError, pg_errors.ReadOnlySqlTransaction) as exc:
                 # A server that dropped one connection dropped them all; one that is read-only
                 # is a standby (a failover under way): a fresh connection may reach the primary.
@@ -170,10 +168,10 @@ class Database:
     @contextlib.contextmanager
     def _connection(self, deadline: float) -> Iterator[Connection]:
         if self._closed:
-            raise StoreUnavailable("The layer store is closed.", reason="the layer store is closed")
+            raise StoreUnavailable("The store is closed.", reason="the store is closed")
         if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
             raise StoreUnavailable(
-                f"All {self._size} connections to the layer store stayed busy for "
+                f"All {self._size} connections to the database stayed busy for "
                 f"{self.timeout:g} s; nothing was written.",
                 reason=f"all {self._size} connections to PostgreSQL stayed busy",
             )
@@ -219,7 +217,7 @@ class Database:
             future.cancel()
             future.add_done_callback(_close_late)
             raise StoreUnavailable(
-                f"Connecting to the layer store took longer than {self.timeout:g} s; "
+                f"Connecting to the database took longer than {self.timeout:g} s; "
                 "nothing was written.",
                 reason=f"PostgreSQL did not answer within {self.timeout:g} s",
             ) from None
@@ -278,7 +276,7 @@ def _in_transaction(
 def _alive(conn: Connection) -> bool:
     """Whether an idle connection may be used: nothing may arrive on an idle connection but
     the server's goodbye (a terminated backend, a shutdown) or the end of the stream."""
-    if conn.closed or conn.broken:
+    if conn.closed or conn.pgconn.status != ConnStatus.OK:
         return False
     if conn.info.transaction_status is not TransactionStatus.IDLE:
         return False
@@ -312,7 +310,7 @@ def _unavailable(exc: psycopg.Error, deadline: float, timeout: float) -> StoreUn
     else:
         why = f"failed ({type(exc).__name__})"
     return StoreUnavailable(
-        f"The layer store {why}; nothing was written.", reason=f"PostgreSQL {why}"
+        f"The database (PostgreSQL) {why}; nothing was written.", reason=f"PostgreSQL {why}"
     )
 
 
