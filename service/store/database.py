@@ -106,15 +106,13 @@ class Database:
         """``change(conn, maybe_applied)`` in one transaction, run again once if the connection
         dies; ``unsure`` is the 503's detail when neither run could tell whether it applied."""
         deadline = time.monotonic() + self.timeout
-        first = _Attempt()
+        first, second = _Attempt(), _Attempt()
         try:
-            return self._run(_in_transaction(change, False, first), deadline)
-        except _Lost:
-            pass
-        second = _Attempt()
-        try:
-            again = _in_transaction(change, first.committing, second)
-            return self._run(again, deadline, retry=True)
+            try:
+                return self._run(_in_transaction(change, False, first), deadline)
+            except _Lost:
+                again = _in_transaction(change, first.committing, second)
+                return self._run(again, deadline, retry=True)
         except StoreUnavailable as exc:
             if first.committing or second.committing:
                 raise StoreUnavailable(unsure, reason=exc.reason) from None

@@ -458,3 +458,15 @@ def test_a_read_only_server_refuses_writes_with_503_and_serves_reads(service: Se
             conn.execute("ALTER DATABASE layers RESET default_transaction_read_only")
     assert_absent(service, ["ro"])
     assert create(service.client, "ro").status_code == 201
+
+
+def test_a_create_unconfirmed_at_the_deadline_says_it_may_be_stored(service: Service) -> None:
+    service.client.get("/layers")
+    with commits_never_acknowledged(service):
+        response, took = service.timed("POST", "/layers", json={"name": "unsure", "rate": 0.1})
+    assert_unavailable(response, took)
+    detail = response.json()["detail"]
+    assert "may or may not be stored" in detail
+    # It was: the COMMIT reached the disk, only its acknowledgement never came.
+    layer = service.client.get("/layers/unsure").json()
+    assert f"GET /layers/{layer['id']}" in detail
