@@ -27,6 +27,7 @@ import httpx
 import psycopg
 import pytest
 
+from service.store.database import Database
 from tests.conftest import Server
 from tests.postgres import PostgresServer, find_bindir
 
@@ -470,3 +471,31 @@ def test_a_create_unconfirmed_at_the_deadline_says_it_may_be_stored(service: Ser
     # It was: the COMMIT reached the disk, only its acknowledgement never came.
     layer = service.client.get("/layers/unsure").json()
     assert f"GET /layers/{layer['id']}" in detail
+
+
+def test_another_table_gets_the_same_guarantees_from_database(service: Service) -> None:
+    """What a store of another table (models) inherits: a lost COMMIT acknowledgement is run
+    again with ``maybe_applied`` and found done, and reads survive a killed backend."""
+    db = Database(service.pg.url("layers"), pool_size=2, timeout=TIMEOUT_S)
+    try:
+        db.write(lambda conn, _: conn.execute("CREATE TABLE probes (id TEXT PRIMARY KEY)"))
+        runs: list[bool] = []
+
+        def insert(conn: psycopg.Connection[Any], maybe_applied: bool) -> str:
+            runs.append(maybe_applied)
+            if maybe_applied and conn.execute("SELECT 1 FROM probes WHERE id = 'p'").fetchone():
+                return "found"
+            conn.execute("INSERT INTO probes (id) VALUES ('p')")
+            return "inserted"
+
+        with commits_never_acknowledged(service), ThreadPoolExecutor(max_workers=1) as pool:
+            outcome = pool.submit(db.write, insert)
+            end_the_committing_backend(service)
+            assert outcome.result(timeout=30) == "found"
+        assert runs == [False, True]
+        with service.pg.admin() as conn:
+            for pid in service.pg.service_backends():
+                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        assert db.read(lambda conn: conn.execute("SELECT count(*) FROM probes").fetchone()) == (1,)
+    finally:
+        db.close()
