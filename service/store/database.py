@@ -37,6 +37,7 @@ from typing import Any, Final, TypeVar
 
 import psycopg
 from psycopg import errors as pg_errors
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.pq import ConnStatus, TransactionStatus
 
 from service.errors import StoreFull, StoreUnavailable
@@ -224,6 +225,7 @@ class Database:
 
     def _open(self) -> Connection:
         bound_ms = max(1, round(self.timeout * 1000))
+        given = str(conninfo_to_dict(self._conninfo).get("options") or "")
         return psycopg.connect(
             self._conninfo,
             # Autocommit: reads cost one round trip; writes open their own transaction.
@@ -231,7 +233,7 @@ class Database:
             connect_timeout=max(2, math.ceil(self.timeout)),
             # UTC: created_at reads back the same on every replica, whatever the server's zone.
             # statement_timeout: the server gives up on a statement nobody waits for any more.
-            options=f"-c TimeZone=UTC -c statement_timeout={bound_ms}",
+            options=f"{given} -c TimeZone=UTC -c statement_timeout={bound_ms}".strip(),
             keepalives=1,
             keepalives_idle=_KEEPALIVE_IDLE_S,
             keepalives_interval=_KEEPALIVE_INTERVAL_S,
