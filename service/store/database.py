@@ -103,16 +103,21 @@ class Database:
         *,
         unsure: str = "The database stopped answering while the write committed: it may "
         "or may not have been applied.",
+        timeout: float | None = None,
     ) -> T:
         """``change(conn, maybe_applied)`` in one transaction, run again once if the connection
-        dies; ``unsure`` is the 503's detail when neither run could tell whether it applied."""
-        deadline = time.monotonic() + self.timeout
+        dies; ``unsure`` is the 503's detail when neither run could tell whether it applied.
+
+        ``timeout`` replaces the store's bound for this call (and its statements).
+        """
+        seconds = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + seconds
         first, second = _Attempt(), _Attempt()
         try:
             try:
-                return self._run(_in_transaction(change, False, first), deadline)
+                return self._run(_in_transaction(change, False, first, timeout), deadline)
             except _Lost:
-                again = _in_transaction(change, first.committing, second)
+                again = _in_transaction(change, first.committing, second, timeout)
                 return self._run(again, deadline, retry=True)
         except StoreUnavailable as exc:
             if first.committing or second.committing:
@@ -262,10 +267,16 @@ class _Lost(Exception):
 
 
 def _in_transaction(
-    change: Callable[[Connection, bool], T], maybe_applied: bool, attempt: _Attempt
+    change: Callable[[Connection, bool], T],
+    maybe_applied: bool,
+    attempt: _Attempt,
+    timeout: float | None,
 ) -> Callable[[Connection], T]:
     def work(conn: Connection) -> T:
         with conn.transaction():
+            if timeout is not None:
+                ms = max(1, round(timeout * 1000))
+                conn.execute(f"SET LOCAL statement_timeout = {ms}")
             result = change(conn, maybe_applied)
             attempt.committing = True  # leaving the block sends COMMIT
         return result

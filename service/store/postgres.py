@@ -65,7 +65,8 @@ class PostgresLayerStore:
             conninfo, pool_size=pool_size, timeout=timeout, start_timeout=connect_timeout
         )
         try:
-            self._db.write(_create_schema)
+            # A first CREATE TABLE on a busy disk may outlast a request's bound.
+            self._db.write(_create_schema, timeout=connect_timeout)
         except BaseException:
             self._db.close()
             raise
