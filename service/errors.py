@@ -21,6 +21,11 @@ class ServiceError(Exception):
         super().__init__(detail)
         self.detail = detail
 
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers the answer carries besides the problem body."""
+        return {}
+
 
 # -- request syntax ------------------------------------------------------------------------
 
@@ -219,6 +224,18 @@ class NameConflict(ServiceError):
 
 class StoreUnavailable(ServiceError):
     status, code, title = 503, "store_unavailable", "Store unavailable"
+    #: Seconds a client should wait before trying again: the store connects again on the
+    #: first call after its database is back, so a short wait loses nothing.
+    retry_after: ClassVar[int] = 1
+
+    def __init__(self, detail: str, reason: str = "the layer store did not answer") -> None:
+        super().__init__(detail)
+        #: Why, as a clause fit to follow "Not ready:" (what /readyz says).
+        self.reason = reason
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class StoreFull(ServiceError):

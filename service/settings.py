@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     database_pool_size: int = Field(default=10, ge=1)
     """Most PostgreSQL connections one worker process keeps open (SQLite ignores it)."""
 
+    database_timeout_seconds: float = Field(default=2.0, gt=0, le=3600)
+    """Longest a request waits on PostgreSQL before a 503 store_unavailable (statement_timeout)."""
+
     api_tokens: SecretStr = SecretStr("")
     """Bearer tokens, comma-separated; when set, writes need ``Authorization: Bearer <token>``."""
 

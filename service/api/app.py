@@ -32,7 +32,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.store = CachingLayerStore(
-            open_store(settings.database_url, pool_size=settings.database_pool_size),
+            open_store(
+                settings.database_url,
+                pool_size=settings.database_pool_size,
+                timeout=settings.database_timeout_seconds,
+            ),
             ttl=settings.layer_cache_seconds,
         )
         app.state.onnx_engine = OnnxEngine()

@@ -103,6 +103,7 @@ def error_response(
     errors: list[dict[str, Any]] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> Response:
+    headers = {**exc.headers, **(headers or {})}
     return _answer(path, exc.status, exc.code, exc.title, exc.detail, errors, headers)
 
 

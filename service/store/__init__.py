@@ -7,14 +7,17 @@ from service.store.postgres import PostgresLayerStore, postgres_conninfo
 from service.store.sqlite import SqliteLayerStore, sqlite_path
 
 
-def open_store(database_url: str, *, pool_size: int = 10) -> LayerStore:
-    """Open the store a ``SPATIAL_DROPOUT_DATABASE_URL`` names: SQLite or PostgreSQL."""
+def open_store(database_url: str, *, pool_size: int = 10, timeout: float = 2.0) -> LayerStore:
+    """Open the store a ``SPATIAL_DROPOUT_DATABASE_URL`` names: SQLite or PostgreSQL.
+
+    ``timeout`` bounds each PostgreSQL call (SQLite, a local file, waits for its lock instead).
+    """
     path = sqlite_path(database_url)
     if path is not None:
         return SqliteLayerStore(path)
     conninfo = postgres_conninfo(database_url)
     if conninfo is not None:
-        return PostgresLayerStore(conninfo, pool_size=pool_size)
+        return PostgresLayerStore(conninfo, pool_size=pool_size, timeout=timeout)
     scheme = database_url.partition(":")[0]
     raise ValueError(
         f"Unsupported database URL scheme {scheme!r}: use sqlite:///relative/path, "

@@ -76,8 +76,9 @@ def test_open_store_picks_the_backend_by_scheme(tmp_path: Path, postgres: Postgr
 def test_an_unreachable_postgres_is_store_unavailable() -> None:
     from harness.process import free_port
 
-    with pytest.raises(StoreUnavailable, match="did not answer"):
+    with pytest.raises(StoreUnavailable, match="refused or lost the connection") as err:
         PostgresLayerStore(f"postgresql://nobody@127.0.0.1:{free_port()}/none", connect_timeout=0.5)
+    assert err.value.headers == {"Retry-After": "1"}
 
 
 def test_create_get_by_id_and_name(store: LayerStore) -> None:

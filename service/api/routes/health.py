@@ -39,5 +39,9 @@ def healthz() -> dict[str, Any]:
     },
 )
 def readyz(store: StoreDep) -> dict[str, Any]:
-    store.ping()
-    return {"status": "ready", "layers": store.count()}
+    try:
+        store.ping()
+        count = store.count()
+    except errors.StoreUnavailable as exc:
+        raise errors.StoreUnavailable(f"Not ready: {exc.reason}.", reason=exc.reason) from None
+    return {"status": "ready", "layers": count}
