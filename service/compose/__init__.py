@@ -4,7 +4,7 @@
 ``record`` keeps what was inserted in the model's metadata, ``composer.compose`` ties them.
 """
 
-from service.compose.composer import DEFAULT_MAX_NODES, compose
+from service.compose.composer import compose
 from service.compose.record import RECORD_KEY, InsertedLayer, read_record
 
-__all__ = ["DEFAULT_MAX_NODES", "RECORD_KEY", "InsertedLayer", "compose", "read_record"]
+__all__ = ["RECORD_KEY", "InsertedLayer", "compose", "read_record"]

@@ -15,8 +15,6 @@ from service.layers.resolve import ResolvedSpec, dropout_config
 from service.layers.spec import Layer
 from service.onnx.export import GraphSpec, _spec_dict
 
-#: The default of SPATIAL_DROPOUT_MAX_MODEL_NODES.
-DEFAULT_MAX_NODES: Final = 100_000
 _U64: Final = 1 << 64
 
 
@@ -26,10 +24,11 @@ def compose(
     *,
     after: Sequence[str] = (),
     seed: int,
-    max_nodes: int = DEFAULT_MAX_NODES,
+    max_nodes: int,
 ) -> bytes:
     """``model_bytes`` with ``layer`` inserted after each tensor of ``after`` (none: after the
     model's only output); insertion i draws the stream of ``seed + i`` (mod 2**64).
+    ``max_nodes`` bounds the model's nodes (SPATIAL_DROPOUT_MAX_MODEL_NODES).
 
     The result keeps the model's inputs and outputs (names and order), opset, IR version,
     functions, domains and value_info, gains (or reuses) the graph input ``training_mode``,
