@@ -5,8 +5,8 @@
 3. external data anywhere (initializers, sparse initializers, attribute tensors, subgraphs,
    functions, training graphs) is refused (ExternalData) *before* the checker, which would
    otherwise look for the named files: nothing is ever read because a model names it;
-4. the default-domain opset, which the checker does not bound (ModelOpsetUnsupported);
-5. ``onnx.checker.check_model(full_check=True)`` on the bytes themselves (InvalidModel).
+4. ``onnx.checker.check_model(full_check=True)`` on the bytes themselves (InvalidModel);
+5. the default-domain opset, which the checker does not bound (ModelOpsetUnsupported).
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def load_model(data: bytes, *, max_nodes: int) -> onnx.ModelProto:
     except DecodeError as exc:
         raise InvalidModel(f"The body is not an ONNX model: {_short(exc)}.") from None
     refuse_external_data(model)
-    model_opset(model)
     check(data)
+    model_opset(model)
     return model
 
 
