@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,8 @@ from service.errors import (
     InvalidModel,
     InvalidTrainingMode,
     ModelOpsetUnsupported,
-    TensorRankMismatch,
     ServiceError,
+    TensorRankMismatch,
     TooManyNodes,
     UnknownTensor,
     UnsupportedOnnxDtype,
@@ -53,8 +53,8 @@ def relu_model(
     opset: int = 17,
     elem: int = TensorProto.FLOAT,
     dims: list[int | str] | None = None,
-    extra_inputs: list[onnx.ValueInfoProto] = (),  # type: ignore[assignment]
-    initializers: list[TensorProto] = (),  # type: ignore[assignment]
+    extra_inputs: Sequence[onnx.ValueInfoProto] = (),
+    initializers: Sequence[TensorProto] = (),
     outputs: int = 1,
 ) -> onnx.ModelProto:
     """X -> Relu -> Y (and Relu -> Z for a second output)."""
