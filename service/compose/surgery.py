@@ -137,7 +137,8 @@ def check_fits(config: DropoutConfig, tensor: str, found: TensorType) -> str:
         raise UnsupportedOnnxDtype(name, REFUSED_DTYPES.get(name, f"{tensor!r} is {name}"))
     expected = expected_rank(config)
     if found.dims is not None and expected is not None and len(found.dims) != expected:
-        raise TensorRankMismatch(config.name, tensor, expected, [d or "?" for d in found.dims])
+        shown = ["?" if d is None else d for d in found.dims]
+        raise TensorRankMismatch(config.name, tensor, expected, shown)
     if found.dims is not None and all(isinstance(d, int) for d in found.dims):
         kernel.mask_shape(config, tuple(int(d) for d in found.dims if d is not None))
     return _DTYPE_NAMES[found.elem]
@@ -166,12 +167,10 @@ def ensure_training_mode(model: onnx.ModelProto) -> None:
     graph = model.graph
     inputs = [value for value in graph.input if value.name == TRAINING_MODE]
     defaults = [tensor for tensor in graph.initializer if tensor.name == TRAINING_MODE]
-    for sub in graphs(model):
-        if sub is graph:
-            if any(TRAINING_MODE in node.output for node in graph.node):
-                raise InvalidTrainingMode("is the output of a node")
-        elif TRAINING_MODE in _defined(sub):
-            raise InvalidTrainingMode("is defined inside a subgraph")
+    if any(TRAINING_MODE in node.output for node in graph.node):
+        raise InvalidTrainingMode("is the output of a node")
+    if any(TRAINING_MODE in _defined(sub) for node in nodes(model) for sub in subgraphs(node)):
+        raise InvalidTrainingMode("is defined inside a subgraph")
     if not inputs:
         if defaults:
             raise InvalidTrainingMode("is an initializer that is not a graph input")

@@ -308,3 +308,12 @@ def test_a_truncated_model_does_not_scan(cut: int) -> None:
     data = relu_model().SerializeToString()
     with pytest.raises(InvalidModel):
         count_nodes(data[:-cut], 100)
+
+
+def test_training_mode_defined_inside_a_subgraph() -> None:
+    model = _with_external("subgraph", Path("/nonexistent"))
+    branch = model.graph.node[-1].attribute[0].g
+    branch.node[0].attribute[0].t.CopyFrom(numpy_helper.from_array(np.ones(1, np.float32), "w"))
+    branch.node.append(helper.make_node("Constant", [], ["training_mode"], value_int=1))
+    model.graph.node[-1].attribute[1].g.CopyFrom(branch)
+    assert "inside a subgraph" in refused(model, InvalidTrainingMode)
