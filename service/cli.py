@@ -1,4 +1,4 @@
-"""The ``spatial-dropout`` command: serve, export (a layer's ONNX model), openapi."""
+"""The ``spatial-dropout`` command: serve, export (a layer's ONNX model), compose, openapi."""
 
 from __future__ import annotations
 
@@ -63,6 +63,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     export.add_argument("--rank", type=int, help="input rank (dropout without noise_shape only)")
 
+    compose = commands.add_parser(
+        "compose",
+        help="insert a layer into an ONNX model (offline: reads the store, needs no server)",
+        description="Write MODEL with the layer inserted after each --after tensor (none: "
+        "after its only output), as POST /layers/{ref}/compose does. Insertion i draws the "
+        "stream of seed + i; the composed model gains the bool input training_mode (default "
+        "false). Errors print their code and exit 1.",
+    )
+    compose.add_argument("model", type=Path, help="the ONNX model file (every tensor inside it)")
+    compose.add_argument(
+        "layer",
+        help="a stored layer's id or name (in SPATIAL_DROPOUT_DATABASE_URL), "
+        "or the path of a JSON spec or Keras config",
+    )
+    compose.add_argument("--output", "-o", type=Path, required=True, help="the .onnx to write")
+    compose.add_argument(
+        "--after",
+        action="append",
+        default=[],
+        metavar="TENSOR",
+        help="a tensor of the model's main graph to insert the layer after; repeat for several",
+    )
+    compose.add_argument(
+        "--seed", type=_seed, help="user seed (default: the layer's, else one drawn)"
+    )
+
     openapi = commands.add_parser("openapi", help="write openapi.yaml from the app")
     openapi.add_argument("--check", action="store_true", help="fail if openapi.yaml differs")
     openapi.add_argument(
@@ -78,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(args.host, args.port, args.workers)
     if args.command == "export":
         return _export(args.layer, args.output, args.opset, args.seed, args.dtype, args.rank)
+    if args.command == "compose":
+        return _compose(args.model, args.layer, args.output, args.after, args.seed)
     return _openapi(args.output, args.check)
 
 
@@ -137,6 +165,29 @@ def _export(
         print(f"spatial-dropout export: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {output} (opset {opset}, {dtype}, seed {export_seed(layer, seed)})")
+    return 0
+
+
+def _compose(model: Path, ref: str, output: Path, after: list[str], seed: int | None) -> int:
+    from service.compose import compose
+    from service.dataplane import choose_seed
+
+    settings = Settings()
+    try:
+        layer = _spec_file(Path(ref), settings) if Path(ref).is_file() else _stored(ref, settings)
+        used = choose_seed(seed, layer.seed)
+        composed = compose(
+            model.read_bytes(), layer, after=after, seed=used, max_nodes=settings.max_model_nodes
+        )
+        output.write_bytes(composed)
+    except ServiceError as exc:
+        print(f"spatial-dropout compose: {exc.detail} ({exc.code})", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"spatial-dropout compose: {exc}", file=sys.stderr)
+        return 1
+    points = ", ".join(after) if after else "the model's output"
+    print(f"wrote {output} (after {points}; seed {used})")
     return 0
 
 

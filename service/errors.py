@@ -328,3 +328,91 @@ class Forbidden(ServiceError):
 
     def __init__(self) -> None:
         super().__init__("The bearer token is not one this server accepts.")
+
+
+# -- composing a layer with an uploaded ONNX model -----------------------------------------
+
+
+class InvalidModel(ServiceError):
+    status, code, title = 422, "invalid_model", "Not a valid ONNX model"
+
+
+class ExternalData(ServiceError):
+    status, code, title = 422, "external_data", "Tensors stored outside the model"
+
+    def __init__(self, where: str) -> None:
+        super().__init__(
+            f"The model keeps tensor data outside itself ({where}): models are taken whole, "
+            "and no file a model names is ever read. Save it with every tensor inside "
+            "(onnx.save_model(..., save_as_external_data=False))."
+        )
+
+
+class TooManyNodes(ServiceError):
+    status, code, title = 413, "too_many_nodes", "Model has too many nodes"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"The model has more than {limit} nodes (subgraphs and functions included), the "
+            "limit SPATIAL_DROPOUT_MAX_MODEL_NODES sets."
+        )
+
+
+class ModelOpsetUnsupported(ServiceError):
+    status, code, title = 422, "unsupported_opset", "Unsupported ONNX opset"
+
+    def __init__(self, opset: int | None, lowest: int, newest: int) -> None:
+        got = "no default-domain opset" if opset is None else f"opset {opset}"
+        super().__init__(
+            f"The model imports {got}; layers are composed with models of opset {lowest} to "
+            f"{newest} (Dropout with a seed needs 13; the installed onnx and onnxruntime load "
+            f"up to {newest})."
+        )
+
+
+class InvalidTrainingMode(ServiceError):
+    status, code, title = 422, "invalid_training_mode", "training_mode is taken"
+
+    def __init__(self, why: str) -> None:
+        super().__init__(
+            f"The model's name 'training_mode' {why}; composed layers share one graph input "
+            "of that name, a bool scalar (default false), and reuse it only in that form."
+        )
+
+
+class UnknownTensor(ServiceError):
+    status, code, title = 422, "unknown_tensor", "Unknown tensor"
+
+    def __init__(self, tensor: str) -> None:
+        super().__init__(
+            f"The model's main graph has no tensor named {tensor!r} (after= names a graph "
+            "input, an initializer or a node output of the main graph)."
+        )
+        self.tensor = tensor
+
+
+class AmbiguousInsertionPoint(ServiceError):
+    status, code, title = 422, "ambiguous_insertion_point", "Where to insert the layer?"
+
+    def __init__(self, outputs: Sequence[str]) -> None:
+        names = ", ".join(repr(name) for name in outputs) or "none"
+        super().__init__(
+            f"The model has {len(outputs)} outputs ({names}): name the tensors to insert the "
+            "layer after (after=...)."
+        )
+
+
+class InvalidInsertionPoint(ServiceError):
+    status, code, title = 422, "invalid_insertion_point", "The layer cannot go there"
+
+
+class TensorRankMismatch(RankMismatch):
+    """A model's tensor of known rank that the layer's kind does not take (rank_mismatch)."""
+
+    def __init__(self, layer: str, tensor: str, expected: int, dims: Sequence[int | str]) -> None:
+        shape = ", ".join(str(d) for d in dims) + ("," if len(dims) == 1 else "")
+        ServiceError.__init__(
+            self,
+            f'Layer "{layer}" takes inputs of rank {expected}, but the model\'s tensor '
+            f"{tensor!r} has rank {len(dims)}: shape ({shape}).",
+        )

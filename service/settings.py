@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     max_tensor_elements: int = Field(default=64 * 1024 * 1024, ge=1)
     """Largest number of elements in one posted tensor."""
 
+    max_model_nodes: int = Field(default=100_000, ge=1)
+    """Most nodes (subgraphs, functions included) in a model to compose, counted before parsing."""
+
     body_timeout_seconds: float = Field(default=30.0, gt=0)
     """Longest pause allowed while a request body arrives; a stalled body gets 408."""
 

@@ -19,6 +19,7 @@ from service.api.metrics import Metrics
 from service.api.observe import ServiceApp
 from service.api.openapi import DESCRIPTION, build_openapi
 from service.api.routes import apply, health, layers, metrics, onnx, v2
+from service.api.routes.compose import router as compose_router
 from service.onnx.engine import OnnxEngine
 from service.settings import Settings
 from service.store import open_store
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(layers.router)
     app.include_router(apply.router)
     app.include_router(onnx.router)
+    app.include_router(compose_router)
     app.include_router(health.router)
     app.include_router(v2.router)
     app.include_router(metrics.router)
