@@ -36,6 +36,7 @@ from typing import Any
 if __package__ in (None, ""):  # `python bench/run.py`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import ml_dtypes
 import numpy as np
 import orjson
 from numpy.typing import NDArray
@@ -52,7 +53,7 @@ SEED = 1
 RATE = 0.5  # the layer the servers hold (bench.procs.create_layer) has the same rate
 NPY = "application/x-npy"
 JSON = "application/json"
-#: channels_last float32 shapes; float16 doubles the batch so the bytes match, and
+#: channels_last float32 shapes; float16 and bfloat16 double the batch so the bytes match, and
 #: channels_first is the same tensor transposed to (N, C, H, W).
 F32_SHAPES = {4 * MIB: (16, 32, 32, 64), 128 * MIB: (32, 128, 128, 64)}
 SMALL_SHAPE = (1, 16, 16, 8)
@@ -211,10 +212,10 @@ def section_kernel(ctx: Context) -> list[Row]:
     rows: list[Row] = []
     min_sample = 0.01 if ctx.args.quick else 0.05
     for nbytes, shape in F32_SHAPES.items():
-        for dtype in (np.float32, np.float16):
+        for dtype in (np.float32, np.float16, ml_dtypes.bfloat16):
             for data_format in (DataFormat.CHANNELS_LAST, DataFormat.CHANNELS_FIRST):
                 n, h, w, c = shape
-                if dtype is np.float16:
+                if np.dtype(dtype).itemsize == 2:
                     n *= 2
                 dims = (n, h, w, c) if data_format is DataFormat.CHANNELS_LAST else (n, c, h, w)
                 name = f"{np.dtype(dtype).name} {data_format.value} {size_label(nbytes)}"

@@ -64,6 +64,10 @@ static inline float bf16_widen(uint16_t h) {
     return v;
 }
 
+/* All ones where the element is kept, zero where it is dropped: the loops below mask bits
+ * rather than branch, so that the compiler can vectorise them. */
+#define KEPT(type, flags, i) ((type) - (type)(!(flags) || (flags)[i] != 0))
+
 static void plain_loop(const params *p, const void *src, void *dst, size_t n,
                        const uint8_t *flags) {
     switch (p->dtype) {
@@ -71,7 +75,7 @@ static void plain_loop(const params *p, const void *src, void *dst, size_t n,
         const uint16_t *s = src;
         uint16_t *d = dst;
         const uint16_t *t = p->table;
-        for (size_t i = 0; i < n; i++) d[i] = (!flags || flags[i]) ? t[s[i]] : 0;
+        for (size_t i = 0; i < n; i++) d[i] = t[s[i]] & KEPT(uint16_t, flags, i);
         break;
     }
     case BF16: {
@@ -79,27 +83,31 @@ static void plain_loop(const params *p, const void *src, void *dst, size_t n,
         uint16_t *d = dst;
         const float k = p->keep32;
         for (size_t i = 0; i < n; i++)
-            d[i] = (!flags || flags[i]) ? bf16_round(bf16_widen(s[i]) / k) : 0;
+            d[i] = bf16_round(bf16_widen(s[i]) / k) & KEPT(uint16_t, flags, i);
         break;
     }
     case F32: {
         const float *s = src;
-        float *d = dst;
+        uint32_t *d = dst;
         const float k = p->keep32;
-        if (!flags)
-            for (size_t i = 0; i < n; i++) d[i] = s[i] / k;
-        else
-            for (size_t i = 0; i < n; i++) d[i] = flags[i] ? s[i] / k : 0.0f;
+        for (size_t i = 0; i < n; i++) {
+            float q = s[i] / k;
+            uint32_t b;
+            memcpy(&b, &q, 4);
+            d[i] = b & KEPT(uint32_t, flags, i);
+        }
         break;
     }
     case F64: {
         const double *s = src;
-        double *d = dst;
+        uint64_t *d = dst;
         const double k = p->keep64;
-        if (!flags)
-            for (size_t i = 0; i < n; i++) d[i] = s[i] / k;
-        else
-            for (size_t i = 0; i < n; i++) d[i] = flags[i] ? s[i] / k : 0.0;
+        for (size_t i = 0; i < n; i++) {
+            double q = s[i] / k;
+            uint64_t b;
+            memcpy(&b, &q, 8);
+            d[i] = b & KEPT(uint64_t, flags, i);
+        }
         break;
     }
     }
@@ -128,19 +136,31 @@ AVX2 static inline __m128i lanes16(const uint8_t *flags) {
     return _mm_cmpgt_epi16(_mm_cvtepu8_epi16(bytes), _mm_setzero_si128());
 }
 
-AVX2 static inline __m128i bf16_round8(__m256 q) {
+/* bfloat16 bits (32-bit lanes, below 2**16) of the float32 quotients, rounded to nearest-even;
+ * NaN lanes are fixed afterwards, from the input's bits. */
+AVX2 static inline __m256i bf16_round_lanes(__m256 q) {
     __m256i b = _mm256_castps_si256(q);
     __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
-    __m256i r = _mm256_add_epi32(b, _mm256_add_epi32(_mm256_set1_epi32(0x7FFF), lsb));
-    r = _mm256_srli_epi32(r, 16);
-    __m256i nan = _mm256_or_si256(
-        _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(0x8000)),
-        _mm256_set1_epi32(0x7FC0));
-    __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps(q, q, _CMP_UNORD_Q));
-    r = _mm256_blendv_epi8(r, nan, is_nan);
+    return _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(b, lsb), _mm256_set1_epi32(0x7FFF)),
+                             16);
+}
+
+/* 16 bfloat16 quotients. Unpacking with zero below widens each value to its float32 bits
+ * (x << 16) in the order that the saturating pack restores, so no lane permute is needed.
+ * The quotient is NaN exactly when x is (keep is in (0, 1]; at keep 0 nothing is kept), and
+ * ml_dtypes makes every NaN the quiet 0x7FC0 with its sign: done here on the 16-bit lanes. */
+AVX2 static inline __m256i bf16_divide16(__m256i v, __m256 k) {
+    __m256i zero = _mm256_setzero_si256();
+    __m256 lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, v));
+    __m256 hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, v));
     /* Every lane is below 2**16, so the signed-to-unsigned saturating pack is exact. */
-    __m256i packed = _mm256_packus_epi32(r, r);
-    return _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08));
+    __m256i q = _mm256_packus_epi32(bf16_round_lanes(_mm256_div_ps(lo, k)),
+                                    bf16_round_lanes(_mm256_div_ps(hi, k)));
+    __m256i magnitude = _mm256_and_si256(v, _mm256_set1_epi16(0x7FFF));
+    __m256i is_nan = _mm256_cmpgt_epi16(magnitude, _mm256_set1_epi16(0x7F80));
+    __m256i nan = _mm256_or_si256(_mm256_and_si256(v, _mm256_set1_epi16((short)0x8000)),
+                                  _mm256_set1_epi16(0x7FC0));
+    return _mm256_blendv_epi8(q, nan, is_nan);
 }
 
 AVX2 static void avx2_loop(const params *p, const void *src, void *dst, size_t n,
@@ -169,12 +189,14 @@ AVX2 static void avx2_loop(const params *p, const void *src, void *dst, size_t n
         const uint16_t *s = src;
         uint16_t *d = dst;
         const __m256 k = _mm256_set1_ps(p->keep32);
-        for (; i + 8 <= n; i += 8) {
-            __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(s + i)));
-            __m256 v = _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-            __m128i q = bf16_round8(_mm256_div_ps(v, k));
-            if (flags) q = _mm_and_si128(q, lanes16(flags + i));
-            _mm_storeu_si128((__m128i *)(d + i), q);
+        for (; i + 16 <= n; i += 16) {
+            __m256i q = bf16_divide16(_mm256_loadu_si256((const __m256i *)(s + i)), k);
+            if (flags) {
+                __m128i bytes = _mm_loadu_si128((const __m128i *)(flags + i));
+                __m256i keep = _mm256_cvtepu8_epi16(bytes);
+                q = _mm256_and_si256(q, _mm256_cmpgt_epi16(keep, _mm256_setzero_si256()));
+            }
+            _mm256_storeu_si256((__m256i *)(d + i), q);
         }
         break;
     }
