@@ -8,9 +8,11 @@ BIN    := $(VENV)/bin
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The kernel's C extension is optional: a failed build must not leave an old one behind.
+$(VENV)/.installed: pyproject.toml service/core/_fastkernel.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	rm -f service/core/_fastkernel.*.so
 	$(BIN)/pip install --quiet -e '.[dev,compat]'
 	touch $@
 
