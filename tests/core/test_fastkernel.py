@@ -141,6 +141,23 @@ def test_every_half_value_divides_to_the_correctly_rounded_quotient(
     assert np.array_equal(bits(got), bits(expected))  # NaN payloads too
 
 
+@pytest.mark.parametrize("path", PATHS[1:])
+@pytest.mark.parametrize("fmt", [CL, CF], ids=str)
+@pytest.mark.parametrize("dtype", [F16, BF16], ids=str)
+def test_every_half_value_through_the_masked_loops(
+    path: str, fmt: DataFormat, dtype: np.dtype[Any]
+) -> None:
+    # The same values through apply, where rows are part kept (channels_last: 13 channels,
+    # a width the vector loops do not divide) or whole maps kept and dropped.
+    config = DropoutConfig(Kind.SPATIAL_2D, 0.3, fmt)
+    values = np.concatenate([every_value(dtype)] * 13)
+    x = values.reshape((4, 128, 128, 13) if fmt is CL else (4, 13, 128, 128))
+    expected = reference(config, x, seed=5)
+    with kernel_path(path):
+        for got in outputs(config, x, seed=5):
+            assert np.array_equal(bits(got), bits(expected))
+
+
 @pytest.mark.parametrize("dtype", [F16, BF16], ids=str)
 def test_the_exact_check_catches_a_misrounding(dtype: np.dtype[Any]) -> None:
     # The check above is the independent judge: truncating, or being one unit off, fails it.
