@@ -17,12 +17,15 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.runtime: pyproject.toml | $(BIN)/python
+# The kernel's C extension is optional: a failed build must not leave an old one behind.
+$(VENV)/.runtime: pyproject.toml service/core/_fastkernel.c | $(BIN)/python
+	rm -f service/core/_fastkernel.*.so
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
 # A full install holds the runtime one too: its stamp is renewed with it.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml service/core/_fastkernel.c | $(BIN)/python
+	rm -f service/core/_fastkernel.*.so
 	$(BIN)/pip install --quiet -e '.[dev,compat]'
 	touch $@ $(VENV)/.runtime
 

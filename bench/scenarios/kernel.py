@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 from bench.common import F32_SHAPES, MIB, SEED, Context, layer_config, log, size_label, tensor
@@ -19,10 +20,10 @@ def run(ctx: Context) -> list[Row]:
     rows: list[Row] = []
     min_sample = 0.01 if ctx.args.quick else 0.05
     for nbytes, shape in F32_SHAPES.items():
-        for dtype in (np.float32, np.float16):
+        for dtype in (np.float32, np.float16, ml_dtypes.bfloat16):
             for data_format in (DataFormat.CHANNELS_LAST, DataFormat.CHANNELS_FIRST):
                 n, h, w, c = shape
-                if dtype is np.float16:
+                if np.dtype(dtype).itemsize == 2:
                     n *= 2
                 dims = (n, h, w, c) if data_format is DataFormat.CHANNELS_LAST else (n, c, h, w)
                 name = f"{np.dtype(dtype).name} {data_format.value} {size_label(nbytes)}"

@@ -30,7 +30,7 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
-from service.core import rng
+from service.core import fastkernel, rng
 from service.core.config import DataFormat, DropoutConfig, Kind
 from service.core.dtypes import DTYPES
 from service.errors import (
@@ -190,7 +190,9 @@ def apply(
     # No warnings: overflow to inf is the IEEE result, and at rate 1 (keep 0, every cell
     # dropped) x / 0 is discarded.
     with np.errstate(all="ignore"):
-        if (
+        if fastkernel.train(x, out, mask, keep, _quotient_table):
+            pass  # one compiled pass, the same bits as the numpy paths below
+        elif (
             config.kind is Kind.DROPOUT
             or x.nbytes <= _BLOCK_BYTES  # fits in cache already: two plain passes are cheapest
             or not x.flags.c_contiguous
@@ -210,6 +212,8 @@ _BLOCK_BYTES = 256 * 1024
 
 def _divide(x: NDArray[Any], keep: np.generic, out: NDArray[Any]) -> None:
     """``out = x / keep``, correctly rounded in x's dtype."""
+    if fastkernel.divide(x, keep, out, _quotient_table):
+        return
     if x.dtype.itemsize != 2:
         np.divide(x, keep, out=out)
     elif x.size < _TABLE_MIN_SIZE:

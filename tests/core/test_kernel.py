@@ -24,6 +24,7 @@ from service.errors import (
     RankMismatch,
     UnsupportedDtype,
 )
+from tests.core.kernel_paths import PATHS, kernel_path
 from tests.golden import GOLDEN, Golden
 
 CL, CF = DataFormat.CHANNELS_LAST, DataFormat.CHANNELS_FIRST
@@ -244,12 +245,16 @@ def test_each_feature_map_is_all_zero_or_all_scaled(rank: int, fmt: DataFormat) 
     assert 0 < kept.sum() < kept.size
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
 @pytest.mark.parametrize("rate", [0.1, 0.3, 1 / 3, 0.5, 0.77, 0.9, 0.999])
-def test_kept_values_are_the_correctly_rounded_quotient(dtype: np.dtype[Any], rate: float) -> None:
+def test_kept_values_are_the_correctly_rounded_quotient(
+    dtype: np.dtype[Any], rate: float, path: str
+) -> None:
     config = DropoutConfig(Kind.DROPOUT, rate)
     x = random_input((4000,), dtype, seed=int(rate * 1000))
-    result = apply(config, x, training=True, seed=5)
+    with kernel_path(path):
+        result = apply(config, x, training=True, seed=5)
     keep = exact_keep(rate, dtype)
     # Independent reference: divide in float64, round once to the dtype. For one division of
     # p-bit numbers, rounding first to 53 >= 2p + 2 bits cannot change the final rounding
@@ -525,10 +530,12 @@ def test_golden_masks(golden: Golden) -> None:
     ],
 )
 @pytest.mark.parametrize("dtype", FLOATS, ids=str)
+@pytest.mark.parametrize("path", PATHS)
 def test_blocked_paths_equal_the_plain_formula(
-    shape: tuple[int, ...], fmt: DataFormat, rate: float, dtype: np.dtype[Any]
+    shape: tuple[int, ...], fmt: DataFormat, rate: float, dtype: np.dtype[Any], path: str
 ) -> None:
-    # The fast paths work block by block; this reference is the textbook whole-array formula.
+    # The fast paths work block by block (numpy) or in one compiled pass; this reference is
+    # the textbook whole-array formula.
     config = DropoutConfig(Kind.SPATIAL_2D, rate, fmt)
     x = random_input(shape, dtype, seed=len(shape) + shape[0])
     mask = keep_mask_for(config, x.shape, seed=9)
@@ -539,5 +546,6 @@ def test_blocked_paths_equal_the_plain_formula(
     nan_kept = np.isnan(x.astype(np.float64)) & np.broadcast_to(mask, x.shape)
     in_place = x.copy()
     for source, out in ((x, None), (x, np.empty_like(x)), (in_place, in_place)):
-        result = apply(config, source, training=True, seed=9, out=out)
+        with kernel_path(path):
+            result = apply(config, source, training=True, seed=9, out=out)
         assert np.all((bits(result.output) == bits(expected)) | nan_kept)
