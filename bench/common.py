@@ -22,7 +22,7 @@ SEED = 1
 RATE = 0.5  # the layer the servers hold (bench.procs.create_layer) has the same rate
 NPY = "application/x-npy"
 JSON = "application/json"
-#: channels_last float32 shapes; float16 doubles the batch so the bytes match, and
+#: channels_last float32 shapes; float16 and bfloat16 double the batch so the bytes match, and
 #: channels_first is the same tensor transposed to (N, C, H, W).
 F32_SHAPES = {4 * MIB: (16, 32, 32, 64), 128 * MIB: (32, 128, 128, 64)}
 SMALL_SHAPE = (1, 16, 16, 8)
