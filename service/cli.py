@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from service.errors import ServiceError
 from service.onnx.export import DEFAULT_DTYPE, DEFAULT_OPSET, MIN_OPSET
+from service.params import DTYPE_NAMES, Opset, Seed, cli_type
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -39,13 +40,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     export.add_argument("--output", "-o", type=Path, required=True, help="the .onnx file to write")
     export.add_argument(
-        "--opset", type=int, default=DEFAULT_OPSET, help=f"{MIN_OPSET} or newer ({DEFAULT_OPSET})"
+        "--opset",
+        type=cli_type(Opset, "an opset"),
+        default=DEFAULT_OPSET,
+        help=f"{MIN_OPSET} or newer ({DEFAULT_OPSET})",
     )
-    export.add_argument("--seed", type=_seed, help="user seed (default: the layer's)")
+    export.add_argument(
+        "--seed", type=cli_type(Seed, "a seed"), help="user seed (default: the layer's)"
+    )
     export.add_argument(
         "--dtype",
         default=DEFAULT_DTYPE,
-        choices=["float16", "float32", "float64", "bfloat16"],
+        choices=DTYPE_NAMES,
         help=f"dtype of X and Y (default {DEFAULT_DTYPE}; bfloat16 is refused)",
     )
     export.add_argument("--rank", type=int, help="input rank (dropout without noise_shape only)")
@@ -66,13 +72,6 @@ def _serve(host: str | None, port: int | None, workers: int | None) -> int:
     from service.serve import serve
 
     return serve(host, port, workers)
-
-
-def _seed(text: str) -> int:
-    seed = int(text)
-    if not 0 <= seed < 2**64:
-        raise argparse.ArgumentTypeError(f"a seed is an integer in [0, 2**64), got {text}")
-    return seed
 
 
 def _export(
@@ -98,24 +97,22 @@ def _export(
 def _spec_file(path: Path, settings: Settings) -> ResolvedSpec:
     """A spec or Keras config in a JSON file, checked and resolved as POST /layers does."""
     import orjson
-    from pydantic import ValidationError
+    from pydantic import TypeAdapter, ValidationError
 
     from service.api.problems import validation_error
     from service.errors import InvalidJson
     from service.layers.resolve import from_keras, resolve
-    from service.layers.spec import KerasLayerConfig, LayerCreate
+    from service.layers.spec import KerasLayerConfig, LayerBody
 
     try:
         payload = orjson.loads(path.read_bytes())
     except orjson.JSONDecodeError as exc:
         raise InvalidJson(f"{path} is not valid JSON: {exc}.") from None
     try:
-        if isinstance(payload, dict) and "class_name" in payload:
-            spec = from_keras(KerasLayerConfig.model_validate(payload))
-        else:
-            spec = LayerCreate.model_validate(payload)
+        body = TypeAdapter(LayerBody).validate_python(payload)
     except ValidationError as exc:
         raise validation_error(exc) from None
+    spec = from_keras(body) if isinstance(body, KerasLayerConfig) else body
     return resolve(spec, settings.data_format)
 
 

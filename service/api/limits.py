@@ -6,7 +6,7 @@ import asyncio
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.problems import PROBLEM_MEDIA_TYPE, is_v2, problem_body, v2_error_body
+from service.api.problems import error_response
 from service.errors import BodyTimeout, BodyTooLarge, ServiceError
 
 
@@ -31,7 +31,7 @@ class BodyLimitMiddleware:
             return
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
-            await _refuse(send, scope["path"], BodyTooLarge(self.max_bytes))
+            await _refuse(scope, receive, send, BodyTooLarge(self.max_bytes))
             return
 
         received = 0
@@ -43,7 +43,7 @@ class BodyLimitMiddleware:
             nonlocal answered
             if not started and not answered:
                 answered = True
-                await _refuse(send, scope["path"], err)
+                await _refuse(scope, receive, send, err)
             return {"type": "http.disconnect"}
 
         async def limited_receive() -> Message:
@@ -79,21 +79,7 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _refuse(send: Send, path: str, err: ServiceError) -> None:
-    if is_v2(path):
-        body, media_type = v2_error_body(err.detail), "application/json"
-    else:
-        body = problem_body(err.status, err.code, err.title, err.detail)
-        media_type = PROBLEM_MEDIA_TYPE
-    await send(
-        {
-            "type": "http.response.start",
-            "status": err.status,
-            "headers": [
-                (b"content-type", media_type.encode()),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+async def _refuse(scope: Scope, receive: Receive, send: Send, err: ServiceError) -> None:
+    # The connection closes after the answer: the rest of the body is never read.
+    response = error_response(scope["path"], err, headers={"Connection": "close"})
+    await response(scope, receive, send)

@@ -44,9 +44,10 @@ class Problem(BaseModel):
     )
 
 
-def problem_body(
+def problem(
     status: int, code: str, title: str, detail: str, errors: list[dict[str, Any]] | None = None
-) -> bytes:
+) -> dict[str, Any]:
+    """The problem document (RFC 9457) of a failure: every error answer outside /v2 is one."""
     body: dict[str, Any] = {
         "type": f"urn:spatial-dropout:problem:{code}",
         "title": title,
@@ -56,7 +57,13 @@ def problem_body(
     }
     if errors is not None:
         body["errors"] = errors
-    return orjson.dumps(body)
+    return body
+
+
+def problem_body(
+    status: int, code: str, title: str, detail: str, errors: list[dict[str, Any]] | None = None
+) -> bytes:
+    return orjson.dumps(problem(status, code, title, detail, errors))
 
 
 class V2Error(BaseModel):
@@ -69,8 +76,23 @@ def is_v2(path: str) -> bool:
     return path == "/v2" or path.startswith("/v2/")
 
 
-def v2_error_body(detail: str) -> bytes:
-    return orjson.dumps({"error": detail})
+def error_media_type(path: str) -> str:
+    """The media type of an error answer at ``path``: the protocol's JSON under /v2."""
+    return "application/json" if is_v2(path) else PROBLEM_MEDIA_TYPE
+
+
+def error_document(
+    path: str,
+    status: int,
+    code: str,
+    title: str,
+    detail: str,
+    errors: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """What an error answer at ``path`` says: a problem, or ``{"error": detail}`` under /v2."""
+    if is_v2(path):
+        return {"error": detail}
+    return problem(status, code, title, detail, errors)
 
 
 def _answer(
@@ -83,17 +105,10 @@ def _answer(
     headers: Mapping[str, str] | None = None,
 ) -> Response:
     """The one place a failure becomes a response: a problem, or a V2 error under /v2."""
-    if is_v2(path):
-        return Response(
-            v2_error_body(detail),
-            status_code=status,
-            media_type="application/json",
-            headers=headers,
-        )
     return Response(
-        problem_body(status, code, title, detail, errors),
+        orjson.dumps(error_document(path, status, code, title, detail, errors)),
         status_code=status,
-        media_type=PROBLEM_MEDIA_TYPE,
+        media_type=error_media_type(path),
         headers=headers,
     )
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictFloat, StrictInt, Tag
 
 from service.core.config import DataFormat, Kind
+from service.params import Seed
 
-#: A user seed: any unsigned 64-bit integer (mixed into the stream seed, see service.core.rng).
-Seed = Annotated[int, Field(ge=0, lt=2**64, strict=True)]
 Rate = StrictFloat | StrictInt
 
 
@@ -71,6 +70,22 @@ class KerasLayerConfig(BaseModel):
     class_name: Literal["Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D"]
     config: dict[str, Any]
     registered_name: str | None = None
+
+
+def is_keras_config(value: object) -> bool:
+    """Whether a posted layer is a Keras config (it names a class) rather than a spec."""
+    return isinstance(value, dict) and "class_name" in value
+
+
+def _layer_kind(value: object) -> str:
+    return "keras" if is_keras_config(value) else "spec"
+
+
+#: A layer as a client posts it: a spec, or a Keras config (Keras 3 or tf.keras 2).
+LayerBody = Annotated[
+    Annotated[LayerCreate, Tag("spec")] | Annotated[KerasLayerConfig, Tag("keras")],
+    Discriminator(_layer_kind),
+]
 
 
 class Layer(BaseModel):

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response
-from pydantic import Discriminator, Tag
 
 from service import errors
 from service.api.deps import AcceptsJson, SendsJson, SettingsDep, StoreDep
 from service.api.docs import problems
 from service.layers.resolve import from_keras, resolve, to_keras
-from service.layers.spec import KerasLayerConfig, KerasSerialized, Layer, LayerCreate, LayerPage
+from service.layers.spec import KerasLayerConfig, KerasSerialized, Layer, LayerBody, LayerPage
 
 router = APIRouter(prefix="/layers", tags=["layers"], dependencies=[AcceptsJson])
 
@@ -35,13 +34,8 @@ def _json(example: Any, description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"example": example}}}
 
 
-def _body_kind(value: Any) -> str:
-    return "keras" if isinstance(value, dict) and "class_name" in value else "spec"
-
-
 CreateBody = Annotated[
-    Annotated[LayerCreate, Tag("spec")] | Annotated[KerasLayerConfig, Tag("keras")],
-    Discriminator(_body_kind),
+    LayerBody,
     Body(
         openapi_examples={
             "spec": {
