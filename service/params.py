@@ -14,7 +14,7 @@ import argparse
 from collections.abc import Callable
 from typing import Annotated, Any, Final, Literal, get_args
 
-from pydantic import Field, Strict, TypeAdapter, ValidationError
+from pydantic import BeforeValidator, Field, Strict, TypeAdapter, ValidationError
 
 from service.core.dtypes import DTYPES
 
@@ -22,6 +22,7 @@ __all__ = [
     "DTYPE_NAMES",
     "ENGINES",
     "FROM_TEXT",
+    "INTEGRAL",
     "SEED_LIMIT",
     "Engine",
     "Opset",
@@ -40,6 +41,18 @@ SEED_LIMIT: Final = 2**64
 #: sample_offset times a sample's mask size must stay far inside the 64-bit draw counter.
 OFFSET_LIMIT: Final = 2**62
 
+
+def _integral(value: object) -> object:
+    """JSON has one number type, and JSON Schema counts 7.0 as the integer 7: so do we."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
+#: Last in an integer type's metadata (after its strict bounds): a JSON integer is 7 or 7.0,
+#: never "7" nor true.
+INTEGRAL: Final = BeforeValidator(_integral)
+
 Seed = Annotated[
     int,
     Field(
@@ -48,6 +61,7 @@ Seed = Annotated[
         strict=True,
         description="Seed of the mask: replay a call with the seed its answer names.",
     ),
+    INTEGRAL,
 ]
 SampleOffset = Annotated[
     int,
@@ -57,6 +71,7 @@ SampleOffset = Annotated[
         strict=True,
         description="Index of the first sample in the whole batch (for split batches).",
     ),
+    INTEGRAL,
 ]
 Training = Annotated[bool, Field(strict=True, description="Drop feature maps (else the identity).")]
 
@@ -89,13 +104,15 @@ def _opset_bounds(schema: dict[str, Any]) -> None:
 #: An ONNX opset. Its range is checked by ``service.onnx.export.check_opset``, which refuses
 #: with ``unsupported_opset`` (a code of its own), and stated in the schema.
 Opset = Annotated[
-    int, Field(strict=True, description="ONNX opset.", json_schema_extra=_opset_bounds)
+    int,
+    Field(strict=True, description="ONNX opset.", json_schema_extra=_opset_bounds),
+    INTEGRAL,
 ]
 
 
 def cli_type(kind: Any, what: str) -> Callable[[str], Any]:
     """An argparse ``type=`` that parses an argument as ``kind`` (one of the types above)."""
-    adapter: TypeAdapter[Any] = TypeAdapter(kind)
+    adapter: TypeAdapter[Any] = TypeAdapter(Annotated[kind, FROM_TEXT])
 
     def parse(text: str) -> Any:
         try:

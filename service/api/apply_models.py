@@ -13,7 +13,15 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema
 from typing_extensions import TypedDict
 
 from service.layers.spec import LayerBody
-from service.params import DTYPE_NAMES, Engine, SampleOffset, Seed, TensorDtype, Training
+from service.params import (
+    DTYPE_NAMES,
+    FROM_TEXT,
+    Engine,
+    SampleOffset,
+    Seed,
+    TensorDtype,
+    Training,
+)
 
 #: The tensor forms service.codecs.json_tensor decodes (and answers in).
 TENSOR_SCHEMA: Final[dict[str, Any]] = {
@@ -96,16 +104,23 @@ class ApplyResponse(TypedDict):
 
 
 class NpyQuery(BaseModel):
-    """The query parameters of a .npy /apply request (a JSON request carries them in its body)."""
+    """The query parameters of a .npy /apply request (a JSON request carries them in its body).
+
+    Validated with ``model_validate_strings``: query values are text.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
     layer: str | None = Field(
         default=None, description=".npy form only: the stored layer's id or name."
     )
-    training: Training = Field(default=False, description=".npy form only: training mode.")
-    seed: Seed | None = Field(default=None, description=".npy form only: the seed.")
-    sample_offset: SampleOffset = Field(
+    training: Annotated[Training, FROM_TEXT] = Field(
+        default=False, description=".npy form only: training mode."
+    )
+    seed: Annotated[Seed, FROM_TEXT] | None = Field(
+        default=None, description=".npy form only: the seed."
+    )
+    sample_offset: Annotated[SampleOffset, FROM_TEXT] = Field(
         default=0, description=".npy form only: first sample's index."
     )
     engine: Engine = Field(

@@ -28,7 +28,7 @@ from service.errors import (
     ShapeMismatch,
     UnsupportedDtype,
 )
-from service.params import Engine, SampleOffset, Seed, Training
+from service.params import INTEGRAL, Engine, SampleOffset, Seed, Training
 
 #: The outputs a layer model has: the result, and its keep mask on request.
 OUTPUT: Final = "output"
@@ -48,21 +48,32 @@ INFER_REQUEST_EXAMPLE: Final[dict[str, Any]] = {
 }
 
 
+def _input_schema(schema: dict[str, Any]) -> None:
+    """The document states ``data``, which the codec takes out before validating the rest."""
+    schema["properties"]["data"] = {
+        "type": "array",
+        "description": "The values, flat in row-major order or nested as the shape; "
+        "absent when parameters.binary_data_size places them in the binary tail.",
+        "items": {"anyOf": [{"type": "number"}, {"type": "array"}]},
+    }
+
+
 class V2InputTensor(BaseModel):
     """One input of an infer request (its ``data`` is decoded apart, at C speed)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_input_schema)
 
     name: str
-    shape: list[Annotated[int, Field(ge=0, strict=True)]]
-    datatype: str
+    shape: list[Annotated[int, Field(ge=0, strict=True), INTEGRAL]]
+    # Any string validates, so that a datatype outside the table gets unsupported_dtype.
+    datatype: str = Field(json_schema_extra={"enum": list(FROM_V2)})
     parameters: dict[str, Parameter] | None = None
 
 
 class V2RequestedOutput(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    name: str
+    name: str = Field(json_schema_extra={"enum": list(OUTPUT_NAMES)})
     parameters: dict[str, Parameter] | None = None
 
 
@@ -94,7 +105,9 @@ class V2InferRequest(BaseModel):
 
     id: str | None = None
     parameters: InferParameters | None = None
-    inputs: list[V2InputTensor]
+    inputs: list[V2InputTensor] = Field(
+        min_length=1, max_length=1, description="A layer model takes one input."
+    )
     outputs: list[V2RequestedOutput] | None = None
 
 
@@ -283,7 +296,7 @@ def _wanted_outputs(request: V2InferRequest, default_binary: bool) -> tuple[Want
 def encode_infer(
     *,
     model_name: str,
-    model_version: str,
+    model_version: str = "1",
     request_id: str | None,
     parameters: dict[str, Parameter],
     tensors: list[tuple[WantedOutput, NDArray[Any]]],

@@ -117,9 +117,10 @@ def first_draw(config: DropoutConfig, shape: tuple[int, ...], sample_offset: int
     first axis is the batch axis, else 1 (a rank-0 mask, or a fixed ``noise_shape[0]``)."""
     if sample_offset < 0:
         raise ValueError(f"sample_offset must be >= 0, got {sample_offset}")
+    if not shape:
+        return 1
     noise = config.noise_shape
-    fixed = config.kind is Kind.DROPOUT and noise is not None and noise[0] is not None
-    if not shape or fixed:
+    if config.kind is Kind.DROPOUT and noise is not None and noise[0] is not None:
         return 1
     return sample_offset * math.prod(shape[1:]) + 1
 

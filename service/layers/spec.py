@@ -5,10 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictFloat, StrictInt, Tag
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    Tag,
+)
 
 from service.core.config import DataFormat, Kind
-from service.params import Seed
+from service.layers import schema
+from service.params import INTEGRAL, Seed
 
 Rate = StrictFloat | StrictInt
 
@@ -16,12 +26,7 @@ Rate = StrictFloat | StrictInt
 class LayerCreate(BaseModel):
     """A layer spec as a client posts it: every argument of R keras 2.9 and Keras 3."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [{"kind": "spatial_dropout_2d", "rate": 0.5, "name": "sd", "seed": 7}]
-        },
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra=schema.layer_create)
 
     kind: Kind = Kind.SPATIAL_2D
     rate: Rate = Field(description="Fraction of feature maps to drop, 0 <= rate <= 1.")
@@ -29,13 +34,13 @@ class LayerCreate(BaseModel):
         default=None,
         description="channels_last or channels_first (any case); null takes the server's default.",
     )
-    batch_size: Annotated[int, Field(ge=1, strict=True)] | None = Field(
+    batch_size: Annotated[int, Field(ge=1, strict=True), INTEGRAL] | None = Field(
         default=None, description="When set, inputs must have exactly this many samples."
     )
     name: str | None = Field(
         default=None, description="Unique name; generated Keras-style when absent."
     )
-    trainable: bool = True
+    trainable: StrictBool = True
     weights: list[Any] | None = Field(
         default=None, description="Dropout has no weights: only null or [] is accepted."
     )
@@ -43,7 +48,7 @@ class LayerCreate(BaseModel):
     dtype: str | None = Field(
         default=None, description="Keras dtype policy name, kept for the Keras round trip."
     )
-    noise_shape: list[Annotated[int, Field(ge=1, strict=True)] | None] | None = Field(
+    noise_shape: list[Annotated[int, Field(ge=1, strict=True), INTEGRAL] | None] | None = Field(
         default=None,
         description="dropout only: the mask's shape; null entries take the input's size.",
     )
@@ -52,19 +57,7 @@ class LayerCreate(BaseModel):
 class KerasLayerConfig(BaseModel):
     """A Keras layer as ``keras.layers.serialize`` (Keras 3) or tf.keras 2 writes it."""
 
-    model_config = ConfigDict(
-        extra="ignore",
-        json_schema_extra={
-            "examples": [
-                {
-                    "module": "keras.layers",
-                    "class_name": "SpatialDropout2D",
-                    "config": {"rate": 0.25, "data_format": "channels_first", "seed": 3},
-                    "registered_name": None,
-                }
-            ]
-        },
-    )
+    model_config = ConfigDict(extra="ignore", json_schema_extra=schema.keras_config)
 
     module: str | None = None
     class_name: Literal["Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D"]

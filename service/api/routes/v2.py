@@ -156,10 +156,7 @@ _INFER_BODY: Final[dict[str, Any]] = {
             "schema": {"$ref": "#/components/schemas/V2InferRequest"},
             "example": INFER_REQUEST_EXAMPLE,
         },
-        "application/octet-stream": {
-            "schema": {"type": "string", "format": "binary"},
-            "example": "(JSON header, then raw little-endian tensor bytes)",
-        },
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
     },
 }
 _HEADER_LENGTH_PARAMETER: Final[dict[str, Any]] = {
