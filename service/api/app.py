@@ -49,8 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.tokens():  # added last, so it runs first: no body is read for a refusal
         app.add_middleware(BearerAuth, tokens=settings.tokens(), reads=settings.auth_reads)
     problems.install(app)
-    # The hot endpoints first: the router tries routes in order.
-    app.router.routes.extend([*apply.ROUTES, *v2.INFER_ROUTES])
+    # The hot endpoints first (before even the document's routes): routes are tried in order.
+    app.router.routes[:0] = [*apply.ROUTES, *v2.INFER_ROUTES]
     app.include_router(layers.router)
     app.include_router(onnx.router)
     app.include_router(health.router)

@@ -95,18 +95,12 @@ def error_document(
     return problem(status, code, title, detail, errors)
 
 
-def _answer(
-    path: str,
-    status: int,
-    code: str,
-    title: str,
-    detail: str,
-    errors: list[dict[str, Any]] | None = None,
-    headers: Mapping[str, str] | None = None,
+def _respond(
+    path: str, status: int, document: dict[str, Any], headers: Mapping[str, str] | None
 ) -> Response:
     """The one place a failure becomes a response: a problem, or a V2 error under /v2."""
     return Response(
-        orjson.dumps(error_document(path, status, code, title, detail, errors)),
+        orjson.dumps(document),
         status_code=status,
         media_type=error_media_type(path),
         headers=headers,
@@ -119,7 +113,8 @@ def error_response(
     errors: list[dict[str, Any]] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> Response:
-    return _answer(path, exc.status, exc.code, exc.title, exc.detail, errors, headers)
+    document = error_document(path, exc.status, exc.code, exc.title, exc.detail, errors)
+    return _respond(path, exc.status, document, headers)
 
 
 def validation_details(errors: Any) -> list[dict[str, Any]]:
@@ -197,14 +192,9 @@ def install(app: FastAPI) -> None:
         allow = allowed_methods(request) if exc.status_code == 405 else ""
         if allow:
             headers = {**(headers or {}), "Allow": allow}
-        return _answer(
-            request.url.path,
-            exc.status_code,
-            code,
-            title,
-            str(exc.detail),
-            headers=headers,
-        )
+        path = request.url.path
+        document = error_document(path, exc.status_code, code, title, str(exc.detail))
+        return _respond(path, exc.status_code, document, headers)
 
     async def on_disconnect(_request: Request, _exc: Exception) -> Response:
         # The client left (or the body limit cut it off): nobody reads this answer.

@@ -16,6 +16,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import request_response
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -50,6 +51,9 @@ class RawRoute(APIRoute):
             openapi_extra=extra,
             response_class=Response,
         )
+        # Starlette's wrapper, not FastAPI's: FastAPI's opens two exit stacks per request for
+        # dependencies with ``yield``, and a raw endpoint has no dependencies.
+        self.app = request_response(self.get_route_handler())
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler: Callable[[Request], Coroutine[Any, Any, Response]] = self.endpoint
