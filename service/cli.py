@@ -101,8 +101,8 @@ def _spec_file(path: Path, settings: Settings) -> ResolvedSpec:
 
     from service.api.problems import validation_error
     from service.errors import InvalidJson
-    from service.layers.resolve import from_keras, resolve
-    from service.layers.spec import KerasLayerConfig, LayerBody
+    from service.layers.resolve import resolve_body
+    from service.layers.spec import LayerBody
 
     try:
         payload = orjson.loads(path.read_bytes())
@@ -112,8 +112,7 @@ def _spec_file(path: Path, settings: Settings) -> ResolvedSpec:
         body = TypeAdapter(LayerBody).validate_python(payload)
     except ValidationError as exc:
         raise validation_error(exc) from None
-    spec = from_keras(body) if isinstance(body, KerasLayerConfig) else body
-    return resolve(spec, settings.data_format)
+    return resolve_body(body, settings.data_format)
 
 
 def _stored(ref: str, settings: Settings) -> Layer:

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from service import errors, telemetry
 from service.core import kernel
 from service.core.config import DataFormat, DropoutConfig
-from service.layers.resolve import DEFAULT_NAMES, ResolvedSpec, dropout_config, from_keras, resolve
+from service.layers.resolve import DEFAULT_NAMES, ResolvedSpec, dropout_config, resolve_body
 from service.layers.spec import KerasLayerConfig, Layer, LayerCreate
 from service.onnx.engine import OnnxEngine
 from service.params import Engine
@@ -132,8 +132,7 @@ class DataPlane:
 
     def inline(self, spec: LayerCreate | KerasLayerConfig) -> ResolvedSpec:
         """A layer given in the request itself, checked and resolved as ``POST /layers`` does."""
-        plain = from_keras(spec) if isinstance(spec, KerasLayerConfig) else spec
-        return resolve(plain, self.data_format)
+        return resolve_body(spec, self.data_format)
 
     # -- running it -----------------------------------------------------------------------
 

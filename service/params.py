@@ -43,8 +43,9 @@ OFFSET_LIMIT: Final = 2**62
 
 
 def _integral(value: object) -> object:
-    """JSON has one number type, and JSON Schema counts 7.0 as the integer 7: so do we."""
-    if type(value) is float and value.is_integer():
+    """JSON has one number type, and JSON Schema counts 7.0 as the integer 7: so do we. Past
+    2**53 a float no longer tells which integer was written, so it stays a float (refused)."""
+    if type(value) is float and value.is_integer() and abs(value) < 2**53:
         return int(value)
     return value
 

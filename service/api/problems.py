@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Annotated, Any, Final, NotRequired
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Match
+from typing_extensions import TypedDict
 
 from service.errors import InvalidJson, RequestValidation, ServiceError
 
@@ -31,24 +32,26 @@ _HTTP_CODES: Final[dict[int, str]] = {
 }
 
 
-class Problem(BaseModel):
+class Problem(TypedDict):
     """An error answer (RFC 9457). ``code`` is stable: match on it, not on ``detail``."""
 
-    type: str = Field(examples=["urn:spatial-dropout:problem:layer_not_found"])
-    title: str = Field(examples=["Layer not found"])
-    status: int = Field(examples=[404])
-    detail: str = Field(examples=["No layer has the id or name 'sd'."])
-    code: str = Field(examples=["layer_not_found"])
-    errors: list[dict[str, Any]] | None = Field(
-        default=None, description="Field-level details of a validation_error."
-    )
+    type: Annotated[str, Field(examples=["urn:spatial-dropout:problem:layer_not_found"])]
+    title: Annotated[str, Field(examples=["Layer not found"])]
+    status: Annotated[int, Field(examples=[404])]
+    detail: Annotated[str, Field(examples=["No layer has the id or name 'sd'."])]
+    code: Annotated[str, Field(examples=["layer_not_found"])]
+    errors: NotRequired[
+        Annotated[
+            list[dict[str, Any]], Field(description="Field-level details of a validation_error.")
+        ]
+    ]
 
 
 def problem(
     status: int, code: str, title: str, detail: str, errors: list[dict[str, Any]] | None = None
-) -> dict[str, Any]:
+) -> Problem:
     """The problem document (RFC 9457) of a failure: every error answer outside /v2 is one."""
-    body: dict[str, Any] = {
+    body: Problem = {
         "type": f"urn:spatial-dropout:problem:{code}",
         "title": title,
         "status": status,
@@ -66,10 +69,10 @@ def problem_body(
     return orjson.dumps(problem(status, code, title, detail, errors))
 
 
-class V2Error(BaseModel):
+class V2Error(TypedDict):
     """An error under /v2: the Open Inference Protocol's clients read exactly this key."""
 
-    error: str = Field(examples=["No layer has the id or name 'sd'."])
+    error: Annotated[str, Field(examples=["No layer has the id or name 'sd'."])]
 
 
 def is_v2(path: str) -> bool:
@@ -88,7 +91,7 @@ def error_document(
     title: str,
     detail: str,
     errors: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
+) -> Problem | V2Error:
     """What an error answer at ``path`` says: a problem, or ``{"error": detail}`` under /v2."""
     if is_v2(path):
         return {"error": detail}
@@ -96,7 +99,7 @@ def error_document(
 
 
 def _respond(
-    path: str, status: int, document: dict[str, Any], headers: Mapping[str, str] | None
+    path: str, status: int, document: Problem | V2Error, headers: Mapping[str, str] | None
 ) -> Response:
     """The one place a failure becomes a response: a problem, or a V2 error under /v2."""
     return Response(

@@ -96,6 +96,12 @@ def resolve(spec: LayerCreate, default_format: DataFormat) -> ResolvedSpec:
     )
 
 
+def resolve_body(body: LayerCreate | KerasLayerConfig, default_format: DataFormat) -> ResolvedSpec:
+    """A posted layer, a spec or a Keras config (see ``spec.LayerBody``), checked and resolved."""
+    spec = from_keras(body) if isinstance(body, KerasLayerConfig) else body
+    return resolve(spec, default_format)
+
+
 def _resolve_format(kind: Kind, value: str | None, default: DataFormat) -> DataFormat | None:
     if kind is Kind.DROPOUT:
         if value is not None:

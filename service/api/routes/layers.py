@@ -9,8 +9,8 @@ from fastapi import APIRouter, Body, Query, Response
 from service import errors
 from service.api.deps import AcceptsJson, SendsJson, SettingsDep, StoreDep
 from service.api.docs import problems
-from service.layers.resolve import from_keras, resolve, to_keras
-from service.layers.spec import KerasLayerConfig, KerasSerialized, Layer, LayerBody, LayerPage
+from service.layers.resolve import resolve_body, to_keras
+from service.layers.spec import KerasSerialized, Layer, LayerBody, LayerPage
 
 router = APIRouter(prefix="/layers", tags=["layers"], dependencies=[AcceptsJson])
 
@@ -92,8 +92,7 @@ CreateBody = Annotated[
 def create_layer(
     body: CreateBody, store: StoreDep, settings: SettingsDep, response: Response
 ) -> Layer:
-    spec = from_keras(body) if isinstance(body, KerasLayerConfig) else body
-    layer = store.create(resolve(spec, settings.data_format))
+    layer = store.create(resolve_body(body, settings.data_format))
     response.headers["Location"] = f"/layers/{layer.id}"
     return layer
 

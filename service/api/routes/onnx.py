@@ -6,12 +6,20 @@ from typing import Annotated, Final
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Query, Response
+from pydantic import WithJsonSchema
 
 from service import errors
 from service.api.deps import StoreDep
 from service.api.docs import problems
 from service.api.negotiation import check_acceptable
-from service.onnx.export import DEFAULT_DTYPE, DEFAULT_OPSET, MIN_OPSET, export_layer, export_seed
+from service.onnx.export import (
+    DEFAULT_DTYPE,
+    DEFAULT_OPSET,
+    MIN_OPSET,
+    ONNX_DTYPES,
+    export_layer,
+    export_seed,
+)
 from service.params import FROM_TEXT, Opset, Seed, TensorDtype
 
 ONNX_MEDIA_TYPE: Final = "application/octet-stream"
@@ -75,6 +83,9 @@ def onnx_model(
     ] = None,
     dtype: Annotated[
         TensorDtype,
+        # The document names the dtypes an ONNX model is built in; bfloat16 still validates,
+        # so that it is refused with unsupported_onnx_dtype, a code of its own.
+        WithJsonSchema({"type": "string", "enum": sorted(ONNX_DTYPES)}),
         Query(description="Tensor dtype of X and Y; bfloat16 is refused (no onnxruntime kernel)."),
     ] = DEFAULT_DTYPE,
     rank: Annotated[
