@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from service import __version__
 from service.errors import ServiceError
 from service.onnx.export import DEFAULT_DTYPE, DEFAULT_OPSET, MIN_OPSET, ONNX_DTYPES
+from service.params import Opset, Seed, cli_type
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -52,9 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     export.add_argument("--output", "-o", type=Path, required=True, help="the .onnx file to write")
     export.add_argument(
-        "--opset", type=int, default=DEFAULT_OPSET, help=f"{MIN_OPSET} or newer ({DEFAULT_OPSET})"
+        "--opset",
+        type=cli_type(Opset, "an opset"),
+        default=DEFAULT_OPSET,
+        help=f"{MIN_OPSET} or newer ({DEFAULT_OPSET})",
     )
-    export.add_argument("--seed", type=_seed, help="user seed (default: the layer's)")
+    export.add_argument(
+        "--seed", type=cli_type(Seed, "a seed"), help="user seed (default: the layer's)"
+    )
     export.add_argument(
         "--dtype",
         default=DEFAULT_DTYPE,
@@ -86,7 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a tensor of the model's main graph to insert the layer after; repeat for several",
     )
     compose.add_argument(
-        "--seed", type=_seed, help="user seed (default: the layer's, else one drawn)"
+        "--seed",
+        type=cli_type(Seed, "a seed"),
+        help="user seed (default: the layer's, else one drawn)",
     )
 
     openapi = commands.add_parser("openapi", help="write openapi.yaml from the app")
@@ -141,13 +149,6 @@ def _serve(host: str | None, port: int | None, workers: int | None) -> int:
     return serve(host, port, workers)
 
 
-def _seed(text: str) -> int:
-    seed = int(text)
-    if not 0 <= seed < 2**64:
-        raise argparse.ArgumentTypeError(f"a seed is an integer in [0, 2**64), got {text}")
-    return seed
-
-
 def _export(
     ref: str, output: Path, opset: int, seed: int | None, dtype: str, rank: int | None
 ) -> int:
@@ -194,25 +195,22 @@ def _compose(model: Path, ref: str, output: Path, after: list[str], seed: int | 
 def _spec_file(path: Path, settings: Settings) -> ResolvedSpec:
     """A spec or Keras config in a JSON file, checked and resolved as POST /layers does."""
     import orjson
-    from pydantic import ValidationError
+    from pydantic import TypeAdapter, ValidationError
 
     from service.api.problems import validation_error
     from service.errors import InvalidJson
-    from service.layers.resolve import from_keras, resolve
-    from service.layers.spec import KerasLayerConfig, LayerCreate
+    from service.layers.resolve import resolve_body
+    from service.layers.spec import LayerBody
 
     try:
         payload = orjson.loads(path.read_bytes())
     except orjson.JSONDecodeError as exc:
         raise InvalidJson(f"{path} is not valid JSON: {exc}.") from None
     try:
-        if isinstance(payload, dict) and "class_name" in payload:
-            spec = from_keras(KerasLayerConfig.model_validate(payload))
-        else:
-            spec = LayerCreate.model_validate(payload)
+        body = TypeAdapter(LayerBody).validate_python(payload)
     except ValidationError as exc:
         raise validation_error(exc) from None
-    return resolve(spec, settings.data_format)
+    return resolve_body(body, settings.data_format)
 
 
 def _stored(ref: str, settings: Settings) -> Layer:

@@ -72,11 +72,16 @@ class HeadTimeout(ServiceError):
 class ServerBusy(ServiceError):
     status, code, title = 503, "server_busy", "Too many unfinished request bodies"
 
-    def __init__(self, budget: int) -> None:
+    def __init__(self, budget: int, retry_after: int) -> None:
         super().__init__(
             f"Unfinished request bodies already hold {budget} bytes in this server process; "
             "retry after the time in Retry-After."
         )
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
 
 
 class UnsupportedMediaType(ServiceError):

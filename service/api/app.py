@@ -12,7 +12,6 @@ from service import __version__
 from service.api import docpages, problems
 from service.api.auth import BearerAuth
 from service.api.budget import BodyBudget
-from service.api.fastpath import fast_routes
 from service.api.head_method import HeadAsGet
 from service.api.limits import BodyLimitMiddleware
 from service.api.metrics import Metrics
@@ -20,10 +19,8 @@ from service.api.observe import ServiceApp
 from service.api.openapi import DESCRIPTION, build_openapi
 from service.api.routes import apply, health, layers, metrics, onnx, v2
 from service.api.routes.compose import router as compose_router
-from service.onnx.engine import OnnxEngine
+from service.dataplane import DataPlane
 from service.settings import Settings
-from service.store import open_store
-from service.store.cache import CachingLayerStore
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -32,20 +29,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.store = CachingLayerStore(
-            open_store(
-                settings.database_url,
-                pool_size=settings.database_pool_size,
-                timeout=settings.database_timeout_seconds,
-            ),
-            ttl=settings.layer_cache_seconds,
-        )
-        app.state.onnx_engine = OnnxEngine()
+        app.state.plane = DataPlane.open(settings)
         try:
             yield
         finally:
-            app.state.onnx_engine.close()
-            app.state.store.close()
+            app.state.plane.close()
             app.state.metrics.close()
 
     app = ServiceApp(
@@ -69,14 +57,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.tokens():  # added last, so it runs first: no body is read for a refusal
         app.add_middleware(BearerAuth, tokens=settings.tokens(), reads=settings.auth_reads)
     problems.install(app)
+    # The hot endpoints first (before even the document's routes): routes are tried in order.
+    app.router.routes[:0] = [*apply.ROUTES, *v2.INFER_ROUTES]
     app.include_router(layers.router)
-    app.include_router(apply.router)
     app.include_router(onnx.router)
     app.include_router(compose_router)
     app.include_router(health.router)
     app.include_router(v2.router)
     app.include_router(metrics.router)
     app.include_router(docpages.router(app))
-    app.router.routes[:0] = fast_routes()  # see service.api.fastpath
     app.openapi = partial(build_openapi, app)  # type: ignore[method-assign]
     return app

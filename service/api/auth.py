@@ -14,7 +14,7 @@ from typing import Any, Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.api.problems import PROBLEM_MEDIA_TYPE, error_response, is_v2
+from service.api.problems import error_document, error_media_type, error_response, is_v2
 from service.errors import Forbidden, ServiceError, Unauthorized
 
 OPEN_PATHS: Final = frozenset(
@@ -102,21 +102,14 @@ def document(doc: dict[str, Any]) -> None:
 
 
 def _documented(path: str, error: ServiceError) -> dict[str, Any]:
-    if is_v2(path):
-        media, schema = "application/json", "V2Error"
-        example: dict[str, Any] = {"error": error.detail}
-    else:
-        media, schema = PROBLEM_MEDIA_TYPE, "Problem"
-        example = {
-            "type": f"urn:spatial-dropout:problem:{error.code}",
-            "title": error.title,
-            "status": error.status,
-            "detail": error.detail,
-            "code": error.code,
-        }
+    schema = "V2Error" if is_v2(path) else "Problem"
+    example = error_document(path, error.status, error.code, error.title, error.detail)
     return {
         "description": error.title + " (only when the server requires tokens)",
         "content": {
-            media: {"schema": {"$ref": f"#/components/schemas/{schema}"}, "example": example}
+            error_media_type(path): {
+                "schema": {"$ref": f"#/components/schemas/{schema}"},
+                "example": example,
+            }
         },
     }

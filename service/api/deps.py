@@ -1,4 +1,5 @@
-"""Dependencies routes declare, as ``Annotated`` aliases, so tests can build their own app."""
+"""What routes take from the app, in one place: the ``Annotated`` dependencies FastAPI routes
+declare, and the plain accessors the raw endpoints (service.api.routing) call."""
 
 from __future__ import annotations
 
@@ -6,14 +7,16 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
+from service.api.metrics import Metrics
 from service.api.negotiation import check_acceptable, require_media_type
+from service.dataplane import DataPlane
 from service.settings import Settings
 from service.store import LayerStore
 
 JSON: str = "application/json"
 
 # Every dependency is ``async def``: FastAPI runs a plain ``def`` dependency in a worker
-# thread, a hop that costs more than these one-liners (it was most of a small request).
+# thread, a hop that costs more than these one-liners.
 
 
 def settings_of(request: Request) -> Settings:
@@ -21,9 +24,19 @@ def settings_of(request: Request) -> Settings:
     return settings
 
 
+def plane_of(request: Request) -> DataPlane:
+    """The app's data plane (opened in its lifespan)."""
+    plane: DataPlane = request.app.state.plane
+    return plane
+
+
 def store_of(request: Request) -> LayerStore:
-    store: LayerStore = request.app.state.store
-    return store
+    return plane_of(request).store
+
+
+def metrics_of(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
 
 
 async def get_settings(request: Request) -> Settings:
@@ -32,6 +45,10 @@ async def get_settings(request: Request) -> Settings:
 
 async def get_store(request: Request) -> LayerStore:
     return store_of(request)
+
+
+async def get_plane(request: Request) -> DataPlane:
+    return plane_of(request)
 
 
 async def accepts_json(
@@ -50,5 +67,6 @@ async def sends_json(
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[LayerStore, Depends(get_store)]
+PlaneDep = Annotated[DataPlane, Depends(get_plane)]
 AcceptsJson = Depends(accepts_json)
 SendsJson = Depends(sends_json)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from service import errors
-from service.api.problems import PROBLEM_MEDIA_TYPE
+from service.api.problems import PROBLEM_MEDIA_TYPE, problem
 
 _EXAMPLES: dict[type[errors.ServiceError], str] = {
     errors.LayerNotFound: "No layer has the id or name 'sd'.",
@@ -45,12 +45,6 @@ def problems(*error_types: type[errors.ServiceError]) -> dict[int | str, dict[st
         if entry["description"] != err.title:
             entry["description"] += f"; {err.title}"
         entry["content"][PROBLEM_MEDIA_TYPE]["examples"][err.code] = {
-            "value": {
-                "type": f"urn:spatial-dropout:problem:{err.code}",
-                "title": err.title,
-                "status": err.status,
-                "detail": _EXAMPLES.get(err, err.title + "."),
-                "code": err.code,
-            }
+            "value": problem(err.status, err.code, err.title, _EXAMPLES.get(err, err.title + "."))
         }
     return out

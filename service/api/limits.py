@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.budget import BodyBudget
 from service.api.encoding import Inflater, inflater_for
-from service.api.problems import PROBLEM_MEDIA_TYPE, is_v2, problem_body, v2_error_body
+from service.api.problems import error_response
 from service.errors import BodyTimeout, BodyTooLarge, ServerBusy, ServiceError
 
 
@@ -41,7 +40,7 @@ class BodyLimitMiddleware:
         self.timeout = timeout
         self.budget = budget or BodyBudget(4 * max_bytes)
         # By then every body that was stalled when the budget filled has moved on or got 408.
-        self.retry_after = ((b"retry-after", str(math.ceil(timeout)).encode()),)
+        self.retry_after = math.ceil(timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -49,14 +48,14 @@ class BodyLimitMiddleware:
             return
         declared, encoding, framed = _framing(scope)
         if declared is not None and declared > self.max_bytes:
-            await _refuse(send, scope["path"], BodyTooLarge(self.max_bytes))
+            await _refuse(scope, receive, send, BodyTooLarge(self.max_bytes))
             return
         inflater: Inflater | None = None
         if encoding is not None and framed:
             try:
                 inflater = inflater_for(encoding, self.max_bytes)
             except ServiceError as err:
-                await _refuse(send, scope["path"], err)
+                await _refuse(scope, receive, send, err)
                 return
             if inflater is not None:  # the route sees the identity body, of unknown length
                 scope = {**scope, "headers": _without_encoding(scope["headers"])}
@@ -68,11 +67,11 @@ class BodyLimitMiddleware:
         answered = False
         body_done = False
 
-        async def refuse(err: ServiceError, headers: Sequence[tuple[bytes, bytes]] = ()) -> Message:
+        async def refuse(err: ServiceError) -> Message:
             nonlocal answered
             if not started and not answered:
                 answered = True
-                await _refuse(send, scope["path"], err, headers)
+                await _refuse(scope, receive, send, err)
             return {"type": "http.disconnect"}
 
         async def limited_receive() -> Message:
@@ -99,7 +98,7 @@ class BodyLimitMiddleware:
                 return await refuse(BodyTooLarge(self.max_bytes))
             if more:  # a body in one piece (most) never touches the budget
                 if not budget.take(len(body)):
-                    return await refuse(ServerBusy(budget.capacity), self.retry_after)
+                    return await refuse(ServerBusy(budget.capacity, self.retry_after))
                 held += len(body)
             elif held:
                 budget.give(held)
@@ -140,24 +139,7 @@ def _without_encoding(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, b
     return [(k, v) for k, v in headers if k not in (b"content-encoding", b"content-length")]
 
 
-async def _refuse(
-    send: Send, path: str, err: ServiceError, headers: Sequence[tuple[bytes, bytes]] = ()
-) -> None:
-    if is_v2(path):
-        body, media_type = v2_error_body(err.detail), "application/json"
-    else:
-        body = problem_body(err.status, err.code, err.title, err.detail)
-        media_type = PROBLEM_MEDIA_TYPE
-    await send(
-        {
-            "type": "http.response.start",
-            "status": err.status,
-            "headers": [
-                (b"content-type", media_type.encode()),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+async def _refuse(scope: Scope, receive: Receive, send: Send, err: ServiceError) -> None:
+    # The connection closes after the answer: the rest of the body is never read.
+    response = error_response(scope["path"], err, headers={"Connection": "close"})
+    await response(scope, receive, send)

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel
+from pydantic import TypeAdapter
 
 from service import __version__
 from service.api import auth
 from service.api.apply_models import ApplyRequest, ApplyResponse
-from service.api.problems import PROBLEM_MEDIA_TYPE, Problem, V2Error
+from service.api.problems import Problem, V2Error, error_document, error_media_type
 from service.codecs.v2 import V2InferRequest, V2InferResponse
 
-#: Models that routes reference by $ref but FastAPI cannot see (bodies read by hand).
-_EXTRA_SCHEMAS: tuple[tuple[type[BaseModel], str], ...] = (
+#: Types that raw routes reference by $ref: FastAPI cannot see them (the bodies are read by
+#: the endpoints, with these very types).
+_EXTRA_SCHEMAS: tuple[tuple[type[Any], Literal["validation", "serialization"]], ...] = (
     (ApplyRequest, "validation"),
     (ApplyResponse, "serialization"),
     (Problem, "serialization"),
@@ -45,9 +46,8 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
         )
         schemas = doc.setdefault("components", {}).setdefault("schemas", {})
         for model, mode in _EXTRA_SCHEMAS:
-            schema = model.model_json_schema(
-                ref_template="#/components/schemas/{model}",
-                mode=mode,  # type: ignore[arg-type]
+            schema = TypeAdapter(model).json_schema(
+                ref_template="#/components/schemas/{model}", mode=mode
             )
             for name, sub in schema.pop("$defs", {}).items():
                 schemas.setdefault(name, sub)
@@ -63,9 +63,11 @@ def to_yaml(doc: dict[str, Any]) -> str:
 
 
 def _problems_for_validation(doc: dict[str, Any]) -> None:
-    """FastAPI documents its own 422 body; ours is a problem document, so say that instead."""
-    problem = {"$ref": "#/components/schemas/Problem"}
-    for item in doc["paths"].values():
+    """FastAPI documents its own 422 body; ours is the path's error document, so say that."""
+    for path, item in doc["paths"].items():
+        v2 = path.startswith("/v2")
+        schema = {"$ref": "#/components/schemas/" + ("V2Error" if v2 else "Problem")}
+        example = error_document(path, *_VALIDATION_EXAMPLE[:4], errors=_VALIDATION_EXAMPLE[4])
         for operation in item.values():
             response = operation.get("responses", {}).get("422")
             if response is None:
@@ -73,10 +75,7 @@ def _problems_for_validation(doc: dict[str, Any]) -> None:
             content = response.setdefault("content", {})
             fastapi_default = content.pop("application/json", None)
             if fastapi_default is not None or not content:
-                content.setdefault(
-                    PROBLEM_MEDIA_TYPE,
-                    {"schema": problem, "example": _VALIDATION_EXAMPLE},
-                )
+                content.setdefault(error_media_type(path), {"schema": schema, "example": example})
             if response.get("description") == "Validation Error":
                 response["description"] = "Invalid request"
     schemas = doc["components"]["schemas"]
@@ -84,17 +83,16 @@ def _problems_for_validation(doc: dict[str, Any]) -> None:
         schemas.pop(unused, None)
 
 
-_VALIDATION_EXAMPLE = {
-    "type": "urn:spatial-dropout:problem:validation_error",
-    "title": "Invalid request",
-    "status": 422,
-    "detail": "limit: Input should be greater than or equal to 1",
-    "code": "validation_error",
-    "errors": [
+_VALIDATION_EXAMPLE: tuple[int, str, str, str, list[dict[str, Any]]] = (
+    422,
+    "validation_error",
+    "Invalid request",
+    "limit: Input should be greater than or equal to 1",
+    [
         {
             "loc": ["query", "limit"],
             "msg": "Input should be greater than or equal to 1",
             "type": "greater_than_equal",
         }
     ],
-}
+)

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Annotated, Any, Final, NotRequired
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import Match
+from typing_extensions import TypedDict
 
 from service.errors import InvalidJson, RequestValidation, ServiceError, UnsupportedDtype
 
@@ -30,23 +31,26 @@ _HTTP_CODES: Final[dict[int, str]] = {
 }
 
 
-class Problem(BaseModel):
+class Problem(TypedDict):
     """An error answer (RFC 9457). ``code`` is stable: match on it, not on ``detail``."""
 
-    type: str = Field(examples=["urn:spatial-dropout:problem:layer_not_found"])
-    title: str = Field(examples=["Layer not found"])
-    status: int = Field(examples=[404])
-    detail: str = Field(examples=["No layer has the id or name 'sd'."])
-    code: str = Field(examples=["layer_not_found"])
-    errors: list[dict[str, Any]] | None = Field(
-        default=None, description="Field-level details of a validation_error."
-    )
+    type: Annotated[str, Field(examples=["urn:spatial-dropout:problem:layer_not_found"])]
+    title: Annotated[str, Field(examples=["Layer not found"])]
+    status: Annotated[int, Field(examples=[404])]
+    detail: Annotated[str, Field(examples=["No layer has the id or name 'sd'."])]
+    code: Annotated[str, Field(examples=["layer_not_found"])]
+    errors: NotRequired[
+        Annotated[
+            list[dict[str, Any]], Field(description="Field-level details of a validation_error.")
+        ]
+    ]
 
 
-def problem_body(
+def problem(
     status: int, code: str, title: str, detail: str, errors: list[dict[str, Any]] | None = None
-) -> bytes:
-    body: dict[str, Any] = {
+) -> Problem:
+    """The problem document (RFC 9457) of a failure: every error answer outside /v2 is one."""
+    body: Problem = {
         "type": f"urn:spatial-dropout:problem:{code}",
         "title": title,
         "status": status,
@@ -55,44 +59,52 @@ def problem_body(
     }
     if errors is not None:
         body["errors"] = errors
-    return orjson.dumps(body)
+    return body
 
 
-class V2Error(BaseModel):
+def problem_body(
+    status: int, code: str, title: str, detail: str, errors: list[dict[str, Any]] | None = None
+) -> bytes:
+    return orjson.dumps(problem(status, code, title, detail, errors))
+
+
+class V2Error(TypedDict):
     """An error under /v2: the Open Inference Protocol's clients read exactly this key."""
 
-    error: str = Field(examples=["No layer has the id or name 'sd'."])
+    error: Annotated[str, Field(examples=["No layer has the id or name 'sd'."])]
 
 
 def is_v2(path: str) -> bool:
     return path == "/v2" or path.startswith("/v2/")
 
 
-def v2_error_body(detail: str) -> bytes:
-    return orjson.dumps({"error": detail})
+def error_media_type(path: str) -> str:
+    """The media type of an error answer at ``path``: the protocol's JSON under /v2."""
+    return "application/json" if is_v2(path) else PROBLEM_MEDIA_TYPE
 
 
-def _answer(
+def error_document(
     path: str,
     status: int,
     code: str,
     title: str,
     detail: str,
     errors: list[dict[str, Any]] | None = None,
-    headers: Mapping[str, str] | None = None,
+) -> Problem | V2Error:
+    """What an error answer at ``path`` says: a problem, or ``{"error": detail}`` under /v2."""
+    if is_v2(path):
+        return {"error": detail}
+    return problem(status, code, title, detail, errors)
+
+
+def _respond(
+    path: str, status: int, document: Problem | V2Error, headers: Mapping[str, str] | None
 ) -> Response:
     """The one place a failure becomes a response: a problem, or a V2 error under /v2."""
-    if is_v2(path):
-        return Response(
-            v2_error_body(detail),
-            status_code=status,
-            media_type="application/json",
-            headers=headers,
-        )
     return Response(
-        problem_body(status, code, title, detail, errors),
+        orjson.dumps(document),
         status_code=status,
-        media_type=PROBLEM_MEDIA_TYPE,
+        media_type=error_media_type(path),
         headers=headers,
     )
 
@@ -103,8 +115,8 @@ def error_response(
     errors: list[dict[str, Any]] | None = None,
     headers: Mapping[str, str] | None = None,
 ) -> Response:
-    headers = {**exc.headers, **(headers or {})}
-    return _answer(path, exc.status, exc.code, exc.title, exc.detail, errors, headers)
+    document = error_document(path, exc.status, exc.code, exc.title, exc.detail, errors)
+    return _respond(path, exc.status, document, {**exc.headers, **(headers or {})})
 
 
 def validation_details(errors: Any) -> list[dict[str, Any]]:
@@ -204,14 +216,9 @@ def install(app: FastAPI) -> None:
         allow = allowed_methods(request) if exc.status_code == 405 else ""
         if allow:
             headers = {**(headers or {}), "Allow": allow}
-        return _answer(
-            request.url.path,
-            exc.status_code,
-            code,
-            title,
-            str(exc.detail),
-            headers=headers,
-        )
+        path = request.url.path
+        document = error_document(path, exc.status_code, code, title, str(exc.detail))
+        return _respond(path, exc.status_code, document, headers)
 
     async def on_disconnect(_request: Request, _exc: Exception) -> Response:
         # The client left (or the body limit cut it off): nobody reads this answer.

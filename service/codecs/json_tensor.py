@@ -146,11 +146,20 @@ def _decode_fast(
         # A zero-size shape may still name dimensions numpy cannot represent, e.g.
         # [2**32, 2**32, 2**32, 0]: check_shape words that refusal on the exact path.
         return None
+    wanted = (math.prod(shape),) if form is TensorForm.FLAT else shape
+    out = _fast_array(leaves, shape, name, wanted)
+    return None if out is None else (out, form)
+
+
+def _fast_array(
+    leaves: list[Any], shape: tuple[int, ...], name: str, wanted: tuple[int, ...]
+) -> NDArray[Any] | None:
+    """numpy's discovery of ``leaves`` (which must come out as ``wanted``) and one cast to
+    ``name`` in ``shape``; None whenever the exact path must decide (and word the error)."""
     try:
         found = np.asarray(leaves)
     except (ValueError, OverflowError):
         return None  # ragged, too deep, or a huge integer
-    wanted = (math.prod(shape),) if form is TensorForm.FLAT else shape
     if found.dtype.kind not in "fiu" or found.shape != wanted:
         return None  # strings, nulls, objects, all-booleans, a flat list that is not flat
     with np.errstate(over="ignore"):
@@ -158,7 +167,7 @@ def _decode_fast(
         out = _narrow(found.astype(np.float64, copy=False).reshape(shape), name)
     if not np.isfinite(out).all():
         return None  # a number out of range
-    return out, form
+    return out
 
 
 def _probe_shape(value: list[Any]) -> tuple[int, ...] | None:
@@ -239,22 +248,37 @@ def _decode_flat(obj: dict[Any, Any], dtype: str | None, max_elements: int) -> N
     name = _dtype_of(
         own if own is not None else dtype if dtype is not None else DEFAULT_DTYPE, "input.dtype"
     )
-    shape = _flat_shape(obj["shape"])
+    return decode_values(obj["data"], _flat_shape(obj["shape"]), name, max_elements=max_elements)
+
+
+def decode_values(
+    data: object,
+    shape: tuple[int, ...],
+    name: str,
+    *,
+    max_elements: int,
+    no_booleans: bool = False,
+    field: str = "input.data",
+) -> NDArray[Any]:
+    """A row-major flat list of numbers as an array of ``shape`` and dtype ``name`` (a key of
+    DTYPES): the flat form's ``data``, and any protocol's flat tensor contents. Messages name
+    the list ``field``; ``no_booleans`` as for ``decode_tensor``."""
     count = check_shape(shape, max_elements)
-    data = obj["data"]
+    if no_booleans and type(data) is list:
+        fast = _fast_array(data, shape, name, (count,))
+        if fast is not None:
+            return fast
     if type(data) is not list:
-        raise RequestValidation(f"'input.data' must be a list of numbers, not {_json_type(data)}.")
+        raise RequestValidation(f"'{field}' must be a list of numbers, not {_json_type(data)}.")
     kinds = set(map(type, data))
     if not kinds <= _NUMBER_TYPES:
         index, bad = _first_not_number(data)
         if type(bad) is list:
             raise ShapeMismatch(
-                f"'input.data' must be a flat list of numbers in row-major order, but "
-                f"data[{index}] is a list; put the dimensions in 'input.shape'."
+                f"'{field}' must be a flat list of numbers in row-major order, but "
+                f"data[{index}] is a list; put the dimensions in the shape."
             )
-        raise RequestValidation(
-            f"'input.data' must hold numbers; data[{index}] is {_json_type(bad)}."
-        )
+        raise RequestValidation(f"'{field}' must hold numbers; data[{index}] is {_json_type(bad)}.")
     if len(data) != count:
         raise ShapeMismatch(f"shape {format_shape(shape)} needs {count} values, got {len(data)}.")
     return _to_array(data, shape, name, _flat_path)

@@ -8,31 +8,32 @@ client sends none, its aio client sends ``application/octet-stream`` even for pu
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, NotRequired
 
 import numpy as np
 import orjson
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 from pydantic import ValidationError as PydanticValidationError
+from typing_extensions import TypedDict
 
-from service.codecs.json_tensor import decode_tensor, may_hold_booleans
+from service.codecs.json_tensor import decode_tensor, decode_values, may_hold_booleans
 from service.codecs.npy import check_shape, format_shape
 from service.core.dtypes import DTYPES, FROM_V2, V2_DATATYPES, dtype_name
 from service.errors import (
     InvalidInferenceHeader,
     InvalidInferRequest,
     InvalidJson,
+    RequestValidation,
     ShapeMismatch,
     UnsupportedDtype,
 )
+from service.params import INTEGRAL, Engine, SampleOffset, Seed, Training
 
 #: The outputs a layer model has: the result, and its keep mask on request.
 OUTPUT: Final = "output"
 MASK: Final = "mask"
 OUTPUT_NAMES: Final = (OUTPUT, MASK)
-_SEED_LIMIT: Final = 2**64
-_OFFSET_LIMIT: Final = 2**62
 
 Parameter = StrictBool | StrictInt | StrictFloat | StrictStr
 
@@ -47,22 +48,51 @@ INFER_REQUEST_EXAMPLE: Final[dict[str, Any]] = {
 }
 
 
+def _input_schema(schema: dict[str, Any]) -> None:
+    """The document states ``data``, which the codec takes out before validating the rest."""
+    schema["properties"]["data"] = {
+        "type": "array",
+        "description": "The values, flat in row-major order or nested as the shape; "
+        "absent when parameters.binary_data_size places them in the binary tail.",
+        "items": {"anyOf": [{"type": "number"}, {"type": "array"}]},
+    }
+
+
 class V2InputTensor(BaseModel):
     """One input of an infer request (its ``data`` is decoded apart, at C speed)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", json_schema_extra=_input_schema)
 
     name: str
-    shape: list[Annotated[int, Field(ge=0, strict=True)]]
-    datatype: str
+    shape: list[Annotated[int, Field(ge=0, strict=True), INTEGRAL]]
+    # Any string validates, so that a datatype outside the table gets unsupported_dtype.
+    datatype: str = Field(json_schema_extra={"enum": list(FROM_V2)})
     parameters: dict[str, Parameter] | None = None
 
 
 class V2RequestedOutput(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    name: str
+    name: str = Field(json_schema_extra={"enum": list(OUTPUT_NAMES)})
     parameters: dict[str, Parameter] | None = None
+
+
+class InferParameters(BaseModel):
+    """The request parameters a layer model reads; others are allowed and ignored."""
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, Parameter] = Field(init=False)
+
+    training: Training = False
+    seed: Seed | None = Field(
+        default=None,
+        description="Seed of the mask; default: the layer's seed, else one the server draws.",
+    )
+    sample_offset: SampleOffset = 0
+    engine: Engine = "numpy"
+    binary_data_output: StrictBool = Field(
+        default=False, description="Answer every output as binary data (unless it says)."
+    )
 
 
 class V2InferRequest(BaseModel):
@@ -74,26 +104,30 @@ class V2InferRequest(BaseModel):
     )
 
     id: str | None = None
-    parameters: dict[str, Parameter] | None = Field(
-        default=None, description="training (bool), seed (int), sample_offset (int)."
+    parameters: InferParameters | None = None
+    inputs: list[V2InputTensor] = Field(
+        min_length=1, max_length=1, description="A layer model takes one input."
     )
-    inputs: list[V2InputTensor]
     outputs: list[V2RequestedOutput] | None = None
 
 
-class V2OutputTensor(BaseModel):
+class V2OutputTensor(TypedDict):
+    """One output of an infer response: its data inline, or its size in the binary tail."""
+
     name: str
     shape: list[int]
     datatype: str
-    parameters: dict[str, Parameter] | None = None
-    data: list[Any] | None = None
+    parameters: NotRequired[dict[str, Parameter]]
+    data: NotRequired[Any]
 
 
-class V2InferResponse(BaseModel):
+class V2InferResponse(TypedDict):
+    """An infer response's JSON header (binary outputs follow it)."""
+
     model_name: str
-    model_version: str | None = None
-    id: str | None = None
-    parameters: dict[str, Parameter] | None = None
+    model_version: str
+    id: NotRequired[str]
+    parameters: dict[str, Parameter]
     outputs: list[V2OutputTensor]
 
 
@@ -109,9 +143,7 @@ class DecodedInfer:
 
     request_id: str | None
     tensor: NDArray[Any]
-    training: bool
-    seed: int | None
-    sample_offset: int
+    parameters: InferParameters
     outputs: tuple[WantedOutput, ...]
 
 
@@ -161,18 +193,16 @@ def decode_infer(
     except PydanticValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise InvalidInferRequest(f"{where}: {first['msg']}") from None
+        raise InvalidInferRequest(f"{where}: {first['msg']}.") from None
     spec = request.inputs[0]
     no_booleans = not may_hold_booleans(head, payload)
     tensor = _input_tensor(spec, data, tail, max_elements, no_booleans)
-    params = request.parameters or {}
+    params = request.parameters or InferParameters()
     return DecodedInfer(
         request_id=request.id,
         tensor=tensor,
-        training=_bool_param(params, "training", False),
-        seed=_int_param(params, "seed", _SEED_LIMIT),
-        sample_offset=_int_param(params, "sample_offset", _OFFSET_LIMIT) or 0,
-        outputs=_wanted_outputs(request, params),
+        parameters=params,
+        outputs=_wanted_outputs(request, params.binary_data_output),
     )
 
 
@@ -214,22 +244,32 @@ def _input_tensor(
 def _json_tensor(
     data: object, shape: tuple[int, ...], name: str, max_elements: int, no_booleans: bool
 ) -> NDArray[Any]:
-    if isinstance(data, list) and data and isinstance(data[0], list):
-        array, _form = decode_tensor(
-            data, dtype=name, max_elements=max_elements, no_booleans=no_booleans
-        )
-        if array.shape != shape:
-            raise ShapeMismatch(
-                f"The nested data has shape {format_shape(array.shape)}, but the input "
-                f"declares {format_shape(shape)}."
+    """An input's ``data``: flat in row-major order, or nested lists of the declared shape.
+
+    The JSON tensor codec decodes the numbers; what it refuses as a malformed request is an
+    invalid infer request here (400), in the protocol's words.
+    """
+    try:
+        if isinstance(data, list) and data and isinstance(data[0], list):
+            array, _form = decode_tensor(
+                data, dtype=name, max_elements=max_elements, no_booleans=no_booleans
             )
-        return array
-    array, _form = decode_tensor(
-        {"shape": list(shape), "dtype": name, "data": data},
-        max_elements=max_elements,
-        no_booleans=no_booleans,
-    )
-    return array
+            if array.shape != shape:
+                raise ShapeMismatch(
+                    f"The nested data has shape {format_shape(array.shape)}, but the input "
+                    f"declares {format_shape(shape)}."
+                )
+            return array
+        return decode_values(
+            data,
+            shape,
+            name,
+            max_elements=max_elements,
+            no_booleans=no_booleans,
+            field="inputs[0].data",
+        )
+    except RequestValidation as exc:
+        raise InvalidInferRequest(exc.detail.replace("'input'", "'inputs[0].data'")) from None
 
 
 def _bool_param(params: dict[str, Any], key: str, default: bool) -> bool:
@@ -239,19 +279,7 @@ def _bool_param(params: dict[str, Any], key: str, default: bool) -> bool:
     return value
 
 
-def _int_param(params: dict[str, Any], key: str, limit: int) -> int | None:
-    value = params.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < limit:
-        raise InvalidInferRequest(
-            f"Parameter {key!r} must be an integer in [0, {limit}), got {value!r}."
-        )
-    return value
-
-
-def _wanted_outputs(request: V2InferRequest, params: dict[str, Any]) -> tuple[WantedOutput, ...]:
-    default_binary = _bool_param(params, "binary_data_output", False)
+def _wanted_outputs(request: V2InferRequest, default_binary: bool) -> tuple[WantedOutput, ...]:
     if not request.outputs:
         return (WantedOutput(OUTPUT, default_binary),)
     wanted = []
@@ -268,16 +296,17 @@ def _wanted_outputs(request: V2InferRequest, params: dict[str, Any]) -> tuple[Wa
 def encode_infer(
     *,
     model_name: str,
+    model_version: str = "1",
     request_id: str | None,
-    parameters: dict[str, Any],
+    parameters: dict[str, Parameter],
     tensors: list[tuple[WantedOutput, NDArray[Any]]],
 ) -> tuple[list[bytes | memoryview], int | None]:
     """The response body, as parts to send in order (binary outputs are views of the arrays,
     not copies), and, when any output is binary, its JSON header's length."""
-    outputs: list[dict[str, Any]] = []
+    outputs: list[V2OutputTensor] = []
     blobs: list[bytes | memoryview] = []
     for wanted, array in tensors:
-        entry: dict[str, Any] = {
+        entry: V2OutputTensor = {
             "name": wanted.name,
             "shape": list(array.shape),
             "datatype": _v2_datatype(array),
@@ -289,11 +318,14 @@ def encode_infer(
         else:
             entry["data"] = _json_ready(array)
         outputs.append(entry)
-    header: dict[str, Any] = {"model_name": model_name, "model_version": "1"}
+    header: V2InferResponse = {
+        "model_name": model_name,
+        "model_version": model_version,
+        "parameters": parameters,
+        "outputs": outputs,
+    }
     if request_id is not None:
         header["id"] = request_id
-    header["parameters"] = parameters
-    header["outputs"] = outputs
     head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return [head], None

@@ -111,23 +111,26 @@ def _show(shape: tuple[int | None, ...]) -> str:
     return "(" + ", ".join(str(d) for d in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-def _batch_indexed(config: DropoutConfig, shape: tuple[int, ...]) -> bool:
-    """Whether the mask's first axis is the batch axis, so sample_offset moves its draws."""
+def first_draw(config: DropoutConfig, shape: tuple[int, ...], sample_offset: int) -> int:
+    """The stream draw that decides the mask's first element, for a batch starting at sample
+    ``sample_offset`` (``shape`` is the mask's): ``sample_offset * S + 1`` when the mask's
+    first axis is the batch axis, else 1 (a rank-0 mask, or a fixed ``noise_shape[0]``)."""
+    if sample_offset < 0:
+        raise ValueError(f"sample_offset must be >= 0, got {sample_offset}")
     if not shape:
-        return False
+        return 1
     noise = config.noise_shape
-    return not (config.kind is Kind.DROPOUT and noise is not None and noise[0] is not None)
+    if config.kind is Kind.DROPOUT and noise is not None and noise[0] is not None:
+        return 1
+    return sample_offset * math.prod(shape[1:]) + 1
 
 
 def keep_mask_for(
     config: DropoutConfig, input_shape: tuple[int, ...], seed: int, sample_offset: int = 0
 ) -> NDArray[np.bool_]:
     """The keep mask (True: kept) for an input of this shape, the user's seed and offset."""
-    if sample_offset < 0:
-        raise ValueError(f"sample_offset must be >= 0, got {sample_offset}")
     shape = mask_shape(config, input_shape)
-    per_sample = math.prod(shape[1:])
-    first = sample_offset * per_sample + 1 if _batch_indexed(config, shape) else 1
+    first = first_draw(config, shape, sample_offset)
     flat = rng.keep_mask(rng.mix_seed(seed), first, math.prod(shape), config.rate)
     return flat.reshape(shape)
 

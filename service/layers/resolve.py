@@ -8,13 +8,19 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final
 
 from service.core.config import DataFormat, DropoutConfig, Kind
-from service.core.dtypes import DTYPES
 from service.errors import (
     InvalidDataFormat,
     InvalidName,
     InvalidRate,
     InvalidSpec,
     WeightsNotSupported,
+)
+from service.layers.schema import (
+    DTYPE_POLICIES,
+    KERAS_KEYS,
+    KERAS_MODULES,
+    KERAS_SHAPE_KEYS,
+    MAX_NAME_LENGTH,
 )
 from service.layers.spec import KerasLayerConfig, KerasSerialized, Layer, LayerCreate
 
@@ -35,29 +41,8 @@ DEFAULT_NAMES: Final[dict[Kind, str]] = {
     Kind.SPATIAL_3D: "spatial_dropout3d",
 }
 
-#: Keras dtype policies we recognise; the layer keeps the name, inputs keep their own dtype.
-DTYPE_POLICIES: Final[frozenset[str]] = frozenset(DTYPES) | {"mixed_float16", "mixed_bfloat16"}
-
 #: Layer ids: 32 lowercase hex digits. Names may not look like one, so a ref is never ambiguous.
 ID_PATTERN: Final = re.compile(r"[0-9a-f]{32}")
-MAX_NAME_LENGTH: Final = 128
-
-#: Keys a Keras config may carry, from Keras 3 get_config() and tf.keras 2 get_config().
-_KERAS_KEYS: Final = frozenset(
-    {
-        "name",
-        "rate",
-        "seed",
-        "dtype",
-        "data_format",
-        "trainable",
-        "noise_shape",
-        "batch_input_shape",
-        "batch_shape",
-        "batch_size",
-        "weights",
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +96,12 @@ def resolve(spec: LayerCreate, default_format: DataFormat) -> ResolvedSpec:
     )
 
 
+def resolve_body(body: LayerCreate | KerasLayerConfig, default_format: DataFormat) -> ResolvedSpec:
+    """A posted layer, a spec or a Keras config (see ``spec.LayerBody``), checked and resolved."""
+    spec = from_keras(body) if isinstance(body, KerasLayerConfig) else body
+    return resolve(spec, default_format)
+
+
 def _resolve_format(kind: Kind, value: str | None, default: DataFormat) -> DataFormat | None:
     if kind is Kind.DROPOUT:
         if value is not None:
@@ -153,21 +144,29 @@ def check_name(name: str) -> None:
 def from_keras(keras: KerasLayerConfig) -> LayerCreate:
     """Read a Keras 3 or tf.keras 2 serialized layer as a spec."""
     config = dict(keras.config)
-    unknown = sorted(set(config) - _KERAS_KEYS)
+    unknown = sorted(set(config) - KERAS_KEYS)
     if unknown:
         raise InvalidSpec(f"Unexpected key(s) in the Keras config: {', '.join(unknown)}.")
-    if keras.module is not None and not keras.module.startswith(("keras", "tf_keras", "tf.keras")):
+    if keras.module is not None and not keras.module.startswith(KERAS_MODULES):
         raise InvalidSpec(f"Module {keras.module!r} is not a Keras module.")
     batch_size = config.pop("batch_size", None)
-    for shape_key in ("batch_input_shape", "batch_shape"):  # tf.keras 2 / Keras 3 input shapes
+    for shape_key in KERAS_SHAPE_KEYS:  # tf.keras 2 / Keras 3 input shapes
         shape = config.pop(shape_key, None)
-        if isinstance(shape, list) and shape and batch_size is None:
+        if shape is not None and not _is_keras_shape(shape):
+            raise InvalidSpec(f"{shape_key} must be a list of positive integers and nulls.")
+        if shape and batch_size is None:
             batch_size = shape[0]
     config["dtype"] = _policy_name(config.get("dtype"))
     fields = {"kind": KINDS_BY_CLASS[keras.class_name], "batch_size": batch_size, **config}
     if keras.class_name != "Dropout" and fields.get("noise_shape") is None:
         fields.pop("noise_shape", None)  # tf.keras 2 writes noise_shape: null on spatial layers
     return LayerCreate.model_validate(fields)
+
+
+def _is_keras_shape(shape: object) -> bool:
+    return isinstance(shape, list) and all(
+        dim is None or (type(dim) is int and dim >= 1) for dim in shape
+    )
 
 
 def _policy_name(dtype: object) -> str | None:

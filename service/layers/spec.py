@@ -5,25 +5,29 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    Tag,
+)
 
 from service.core.bounds import MAX_RANK, Dim
 from service.core.config import DataFormat, Kind
+from service.layers import schema
+from service.params import INTEGRAL, Seed
 
-#: A user seed: any unsigned 64-bit integer (mixed into the stream seed, see service.core.rng).
-Seed = Annotated[int, Field(ge=0, lt=2**64, strict=True)]
 Rate = StrictFloat | StrictInt
 
 
 class LayerCreate(BaseModel):
     """A layer spec as a client posts it: every argument of R keras 2.9 and Keras 3."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [{"kind": "spatial_dropout_2d", "rate": 0.5, "name": "sd", "seed": 7}]
-        },
-    )
+    model_config = ConfigDict(extra="forbid", json_schema_extra=schema.layer_create)
 
     kind: Kind = Kind.SPATIAL_2D
     rate: Rate = Field(description="Fraction of feature maps to drop, 0 <= rate <= 1.")
@@ -31,13 +35,13 @@ class LayerCreate(BaseModel):
         default=None,
         description="channels_last or channels_first (any case); null takes the server's default.",
     )
-    batch_size: Dim | None = Field(
+    batch_size: Annotated[Dim, INTEGRAL] | None = Field(
         default=None, description="When set, inputs must have exactly this many samples."
     )
     name: str | None = Field(
         default=None, description="Unique name; generated Keras-style when absent."
     )
-    trainable: bool = True
+    trainable: StrictBool = True
     weights: list[Any] | None = Field(
         default=None, description="Dropout has no weights: only null or [] is accepted."
     )
@@ -45,7 +49,7 @@ class LayerCreate(BaseModel):
     dtype: str | None = Field(
         default=None, description="Keras dtype policy name, kept for the Keras round trip."
     )
-    noise_shape: list[Dim | None] | None = Field(
+    noise_shape: list[Annotated[Dim, INTEGRAL] | None] | None = Field(
         default=None,
         max_length=MAX_RANK,
         description="dropout only: the mask's shape; null entries take the input's size.",
@@ -55,24 +59,28 @@ class LayerCreate(BaseModel):
 class KerasLayerConfig(BaseModel):
     """A Keras layer as ``keras.layers.serialize`` (Keras 3) or tf.keras 2 writes it."""
 
-    model_config = ConfigDict(
-        extra="ignore",
-        json_schema_extra={
-            "examples": [
-                {
-                    "module": "keras.layers",
-                    "class_name": "SpatialDropout2D",
-                    "config": {"rate": 0.25, "data_format": "channels_first", "seed": 3},
-                    "registered_name": None,
-                }
-            ]
-        },
-    )
+    model_config = ConfigDict(extra="ignore", json_schema_extra=schema.keras_config)
 
     module: str | None = None
     class_name: Literal["Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D"]
     config: dict[str, Any]
     registered_name: str | None = None
+
+
+def is_keras_config(value: object) -> bool:
+    """Whether a posted layer is a Keras config (it names a class) rather than a spec."""
+    return isinstance(value, dict) and "class_name" in value
+
+
+def _layer_kind(value: object) -> str:
+    return "keras" if is_keras_config(value) else "spec"
+
+
+#: A layer as a client posts it: a spec, or a Keras config (Keras 3 or tf.keras 2).
+LayerBody = Annotated[
+    Annotated[LayerCreate, Tag("spec")] | Annotated[KerasLayerConfig, Tag("keras")],
+    Discriminator(_layer_kind),
+]
 
 
 class Layer(BaseModel):

@@ -23,7 +23,6 @@ arena keeps the memory of the largest call for reuse; it is not returned to the 
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -35,7 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from service.core import kernel, rng
-from service.core.config import DropoutConfig, Kind
+from service.core.config import DropoutConfig
 from service.core.dtypes import dtype_name
 from service.errors import UnsupportedDtype, UnsupportedOnnxDtype
 from service.onnx.export import (
@@ -147,24 +146,14 @@ def stream_seed_at(
 ) -> int:
     """The Dropout seed whose first draw is the kernel's first draw at ``sample_offset``.
 
-    The kernel starts a batch at draw ``sample_offset * S + 1`` of the stream (S: one sample's
-    mask size; draw 1 when the mask has no batch axis). Draw k of minstd from state s is
-    ``s * a**k mod m``, so a stream started at state ``s * a**(first - 1) mod m`` (never 0:
-    m is prime) draws exactly draws ``first, first + 1, ...`` of s.
+    The kernel starts a batch at draw ``first = kernel.first_draw(...)`` of the stream. Draw
+    k of minstd from state s is ``s * a**k mod m``, so a stream started at state
+    ``s * a**(first - 1) mod m`` (never 0: m is prime) draws exactly draws
+    ``first, first + 1, ...`` of s.
     """
-    first = 1
-    if _batch_indexed(config, mask_shape):
-        first = sample_offset * math.prod(mask_shape[1:]) + 1
+    first = kernel.first_draw(config, mask_shape, sample_offset)
     state = rng.engine_state(stream_seed)
     return state * pow(rng.MULTIPLIER, first - 1, rng.MODULUS) % rng.MODULUS
-
-
-def _batch_indexed(config: DropoutConfig, mask_shape: tuple[int, ...]) -> bool:
-    """As in the kernel: the mask's first axis is the batch axis (a fixed noise_shape[0] is not)."""
-    if not mask_shape:
-        return False
-    noise = config.noise_shape
-    return not (config.kind is Kind.DROPOUT and noise is not None and noise[0] is not None)
 
 
 def _c_order(x: NDArray[Any]) -> NDArray[Any]:

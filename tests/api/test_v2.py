@@ -127,6 +127,43 @@ def test_other_datatypes(
     np.testing.assert_array_equal(out.view(np.uint8), expected.view(np.uint8))
 
 
+def test_the_onnxruntime_engine_answers_what_numpy_answers(
+    triton_client: triton.InferenceServerClient, client: httpx.Client
+) -> None:
+    layer = create(client, rate=0.5)
+    x = np.random.default_rng(7).standard_normal((2, 3, 3, 5)).astype(np.float32)
+    params = {"training": True, "seed": 4, "sample_offset": 3, "engine": "onnxruntime"}
+    result = triton_client.infer(layer["name"], [infer_input(x, "FP32", True)], parameters=params)
+    np.testing.assert_array_equal(
+        result.as_numpy("output"), apply_npy(client, layer["name"], x, 4, offset=3)
+    )
+    # onnxruntime has no bfloat16 kernel, so that request proves which engine ran.
+    bf16 = x.astype(ml_dtypes.bfloat16)
+    with pytest.raises(InferenceServerException, match="onnxruntime"):
+        triton_client.infer(layer["name"], [infer_input(bf16, "BF16", True)], parameters=params)
+    params["engine"] = "tensorflow"
+    with pytest.raises(InferenceServerException, match="engine"):
+        triton_client.infer(layer["name"], [infer_input(x, "FP32", True)], parameters=params)
+
+
+def test_a_layer_has_version_1_only(client: httpx.Client) -> None:
+    layer = create(client, rate=0.5)
+    body = {"inputs": [{"name": "x", "shape": [1, 1, 1, 2], "datatype": "FP32", "data": [1, 2]}]}
+    base = f"/v2/models/{layer['name']}/versions"
+    assert client.get(f"{base}/1").json()["versions"] == ["1"]
+    assert client.get(f"{base}/1/ready").json() == {"name": layer["name"], "ready": True}
+    assert client.post(f"{base}/1/infer", json=body).status_code == 200
+    for answer in (
+        client.get(f"{base}/2"),
+        client.get(f"{base}/2/ready"),
+        client.post(f"{base}/2/infer", json=body),
+    ):
+        assert answer.status_code == 404, answer.text
+        assert answer.json() == {
+            "error": f"Model {layer['name']!r} has no version '2'; its only version is '1'."
+        }
+
+
 def test_inference_mode_is_identity_and_seed_is_reported(
     triton_client: triton.InferenceServerClient, client: httpx.Client
 ) -> None:

@@ -5,15 +5,13 @@ from __future__ import annotations
 from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from starlette.concurrency import run_in_threadpool
 
 from service import errors
-from service.api.deps import StoreDep, settings_of
+from service.api.deps import PlaneDep
 from service.api.docs import problems
 from service.api.negotiation import check_acceptable, require_media_type
-from service.compose import RECORD_KEY, compose
-from service.dataplane import choose_seed
-from service.store import LayerStore
+from service.compose import RECORD_KEY
+from service.params import FROM_TEXT, Seed
 
 ONNX_MEDIA_TYPE: Final = "application/octet-stream"
 
@@ -43,21 +41,6 @@ _OPENAPI: Final[dict[str, Any]] = {
         },
     }
 }
-
-
-def compose_stored(
-    store: LayerStore,
-    ref: str,
-    model: bytes,
-    *,
-    after: list[str],
-    seed: int | None,
-    max_nodes: int,
-) -> tuple[bytes, int]:
-    """The composed model and the seed used (the request's, else the layer's, else drawn)."""
-    layer = store.get(ref)
-    used = choose_seed(seed, layer.seed)
-    return compose(model, layer, after=after, seed=used, max_nodes=max_nodes), used
 
 
 @router.post(
@@ -104,7 +87,7 @@ def compose_stored(
 async def compose_model(
     ref: str,
     request: Request,
-    store: StoreDep,
+    plane: PlaneDep,
     after: Annotated[
         list[str],
         Query(
@@ -114,8 +97,8 @@ async def compose_model(
         ),
     ] = [],  # noqa: B006 (FastAPI copies a Query default per request)
     seed: Annotated[
-        int | None,
-        Query(ge=0, lt=2**64, description="User seed; default the layer's, else one drawn."),
+        Annotated[Seed, FROM_TEXT] | None,
+        Query(description="User seed; default the layer's, else one drawn."),
     ] = None,
     content_type: Annotated[str | None, Header(include_in_schema=False)] = None,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
@@ -123,8 +106,5 @@ async def compose_model(
     require_media_type(content_type, [ONNX_MEDIA_TYPE])
     check_acceptable(accept, ONNX_MEDIA_TYPE)
     body = await request.body()
-    max_nodes = settings_of(request).max_model_nodes
-    model, used = await run_in_threadpool(
-        lambda: compose_stored(store, ref, body, after=after, seed=seed, max_nodes=max_nodes)
-    )
+    model, used = await plane.compose(ref, body, after=after, seed=seed)
     return Response(model, media_type=ONNX_MEDIA_TYPE, headers={"X-Seed": str(used)})

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Response
-from pydantic import Discriminator, Tag
 
 from service import errors
 from service.api.deps import AcceptsJson, SendsJson, SettingsDep, StoreDep
 from service.api.docs import problems
-from service.layers.resolve import from_keras, resolve, to_keras
-from service.layers.spec import KerasLayerConfig, KerasSerialized, Layer, LayerCreate, LayerPage
+from service.layers.resolve import resolve_body, to_keras
+from service.layers.spec import KerasSerialized, Layer, LayerBody, LayerPage
 
 router = APIRouter(prefix="/layers", tags=["layers"], dependencies=[AcceptsJson])
 
@@ -35,13 +34,8 @@ def _json(example: Any, description: str = "OK") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"example": example}}}
 
 
-def _body_kind(value: Any) -> str:
-    return "keras" if isinstance(value, dict) and "class_name" in value else "spec"
-
-
 CreateBody = Annotated[
-    Annotated[LayerCreate, Tag("spec")] | Annotated[KerasLayerConfig, Tag("keras")],
-    Discriminator(_body_kind),
+    LayerBody,
     Body(
         openapi_examples={
             "spec": {
@@ -98,8 +92,7 @@ CreateBody = Annotated[
 def create_layer(
     body: CreateBody, store: StoreDep, settings: SettingsDep, response: Response
 ) -> Layer:
-    spec = from_keras(body) if isinstance(body, KerasLayerConfig) else body
-    layer = store.create(resolve(spec, settings.data_format))
+    layer = store.create(resolve_body(body, settings.data_format))
     response.headers["Location"] = f"/layers/{layer.id}"
     return layer
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from service.api.deps import StoreDep
-from service.api.metrics import MEDIA_TYPE, Metrics
+from service.api.deps import StoreDep, metrics_of
+from service.api.metrics import MEDIA_TYPE
 
 router = APIRouter()
 
@@ -13,5 +13,4 @@ router = APIRouter()
 @router.get("/metrics", include_in_schema=False)
 def metrics(request: Request, store: StoreDep) -> Response:
     # A plain def: FastAPI runs it in a worker thread, where counting the store may block.
-    registry: Metrics = request.app.state.metrics
-    return Response(registry.render(store), media_type=MEDIA_TYPE)
+    return Response(metrics_of(request).render(store), media_type=MEDIA_TYPE)

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Final, Literal
+from typing import Annotated, Final
 from urllib.parse import quote
 
 from fastapi import APIRouter, Header, Query, Response
+from pydantic import WithJsonSchema
 
 from service import errors
 from service.api.deps import StoreDep
 from service.api.docs import problems
 from service.api.negotiation import check_acceptable
 from service.core.bounds import MAX_RANK
-from service.onnx.export import DEFAULT_DTYPE, DEFAULT_OPSET, MIN_OPSET, export_layer, export_seed
+from service.onnx.export import (
+    DEFAULT_DTYPE,
+    DEFAULT_OPSET,
+    MIN_OPSET,
+    ONNX_DTYPES,
+    export_layer,
+    export_seed,
+)
+from service.params import FROM_TEXT, Opset, Seed, TensorDtype
 
 ONNX_MEDIA_TYPE: Final = "application/octet-stream"
 
@@ -65,14 +74,19 @@ def onnx_model(
     ref: str,
     store: StoreDep,
     opset: Annotated[
-        int, Query(description=f"ONNX opset, from {MIN_OPSET} (default {DEFAULT_OPSET}).")
+        Opset,
+        FROM_TEXT,
+        Query(description=f"ONNX opset, from {MIN_OPSET} (default {DEFAULT_OPSET})."),
     ] = DEFAULT_OPSET,
     seed: Annotated[
-        int | None,
-        Query(ge=0, lt=2**64, description="User seed; default the layer's (one is required)."),
+        Annotated[Seed, FROM_TEXT] | None,
+        Query(description="User seed; default the layer's (one is required)."),
     ] = None,
     dtype: Annotated[
-        Literal["float16", "float32", "float64", "bfloat16"],
+        TensorDtype,
+        # The document names the dtypes an ONNX model is built in; bfloat16 still validates,
+        # so that it is refused with unsupported_onnx_dtype, a code of its own.
+        WithJsonSchema({"type": "string", "enum": sorted(ONNX_DTYPES)}),
         Query(description="Tensor dtype of X and Y; bfloat16 is refused (no onnxruntime kernel)."),
     ] = DEFAULT_DTYPE,
     rank: Annotated[

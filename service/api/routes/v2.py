@@ -10,27 +10,27 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Path, Request, Response
 
-from service import __version__, errors
+from service import __version__
 from service.api.bodies import BuffersResponse, read_body
-from service.api.deps import SettingsDep, StoreDep, settings_of, store_of
+from service.api.deps import PlaneDep, StoreDep, plane_of
 from service.api.encoding import decode_content
-from service.api.offload import maybe_in_thread, stored_layer
+from service.api.routing import RawRoute, path_parameter
 from service.codecs.v2 import INFER_REQUEST_EXAMPLE, MASK, OUTPUT, decode_infer, encode_infer
 from service.core.dtypes import V2_DATATYPES
-from service.dataplane import apply_layer
+from service.dataplane import MODEL_VERSION, DataPlane
 from service.layers.signature import signature
 from service.layers.spec import Layer
-from service.settings import Settings
-from service.store import LayerStore
 
 HEADER_LENGTH: Final = "Inference-Header-Content-Length"
-VERSION: Final = "1"  # layers are not versioned; the protocol wants a version, so each has one
 SERVER_NAME: Final = "spatial-dropout"
 
-router = APIRouter(prefix="/v2", tags=["v2 (Open Inference Protocol)"])
+_TAG: Final = "v2 (Open Inference Protocol)"
+router = APIRouter(prefix="/v2", tags=[_TAG])
 
-ModelName = Annotated[str, Path(description="The layer's name (or id).")]
-ModelVersion = Annotated[str, Path(description="Only '1' exists.")]
+_NAME_DOC: Final = "The layer's name (or id)."
+_VERSION_DOC: Final = "Only '1' exists."
+ModelName = Annotated[str, Path(description=_NAME_DOC)]
+ModelVersion = Annotated[str, Path(description=_VERSION_DOC)]
 
 _V2_ERROR = {
     "description": "An error, as the protocol's clients expect it",
@@ -92,7 +92,7 @@ def _metadata(layer: Layer) -> dict[str, Any]:
     datatype = V2_DATATYPES.get(sig.dtype, "FP32")
     return {
         "name": layer.name,
-        "versions": [VERSION],
+        "versions": [MODEL_VERSION],
         "platform": SERVER_NAME,
         "parameters": {
             "kind": layer.kind.value,
@@ -107,24 +107,13 @@ def _metadata(layer: Layer) -> dict[str, Any]:
     }
 
 
-def _check_version(name: str, version: str | None) -> None:
-    if version is not None and version != VERSION:
-        raise errors.ModelVersionNotFound(name, version)
-
-
-def _layer(store: LayerStore, name: str, version: str | None) -> Layer:
-    layer = store.get(name)
-    _check_version(name, version)
-    return layer
-
-
 @router.get(
     "/models/{name}",
     summary="Model metadata",
     responses={200: _ok(_METADATA_EXAMPLE), 404: _V2_ERROR},
 )
-def model_metadata(name: ModelName, store: StoreDep) -> dict[str, Any]:
-    return _metadata(_layer(store, name, None))
+async def model_metadata(name: ModelName, plane: PlaneDep) -> dict[str, Any]:
+    return _metadata(await plane.model(name))
 
 
 @router.get(
@@ -132,10 +121,10 @@ def model_metadata(name: ModelName, store: StoreDep) -> dict[str, Any]:
     summary="Model metadata (versioned)",
     responses={200: _ok(_METADATA_EXAMPLE), 404: _V2_ERROR},
 )
-def model_version_metadata(
-    name: ModelName, version: ModelVersion, store: StoreDep
+async def model_version_metadata(
+    name: ModelName, version: ModelVersion, plane: PlaneDep
 ) -> dict[str, Any]:
-    return _metadata(_layer(store, name, version))
+    return _metadata(await plane.model(name, version))
 
 
 @router.get(
@@ -143,8 +132,8 @@ def model_version_metadata(
     summary="Model readiness",
     responses={200: _ok({"name": "sd", "ready": True}), 404: _V2_ERROR},
 )
-def model_ready(name: ModelName, store: StoreDep) -> dict[str, Any]:
-    return {"name": _layer(store, name, None).name, "ready": True}
+async def model_ready(name: ModelName, plane: PlaneDep) -> dict[str, Any]:
+    return {"name": (await plane.model(name)).name, "ready": True}
 
 
 @router.get(
@@ -152,35 +141,30 @@ def model_ready(name: ModelName, store: StoreDep) -> dict[str, Any]:
     summary="Model readiness (versioned)",
     responses={200: _ok({"name": "sd", "ready": True}), 404: _V2_ERROR},
 )
-def model_version_ready(name: ModelName, version: ModelVersion, store: StoreDep) -> dict[str, Any]:
-    return {"name": _layer(store, name, version).name, "ready": True}
+async def model_version_ready(
+    name: ModelName, version: ModelVersion, plane: PlaneDep
+) -> dict[str, Any]:
+    return {"name": (await plane.model(name, version)).name, "ready": True}
 
 
-_INFER_DOC: Final[dict[str, Any]] = {
-    "requestBody": {
-        "required": True,
-        "description": "A JSON infer request; with Inference-Header-Content-Length, that many "
-        "bytes of JSON followed by the binary tensor data. Content-Type is not read.",
-        "content": {
-            "application/json": {
-                "schema": {"$ref": "#/components/schemas/V2InferRequest"},
-                "example": INFER_REQUEST_EXAMPLE,
-            },
-            "application/octet-stream": {
-                "schema": {"type": "string", "format": "binary"},
-                "example": "(JSON header, then raw little-endian tensor bytes)",
-            },
+_INFER_BODY: Final[dict[str, Any]] = {
+    "required": True,
+    "description": "A JSON infer request; with Inference-Header-Content-Length, that many "
+    "bytes of JSON followed by the binary tensor data. Content-Type is not read.",
+    "content": {
+        "application/json": {
+            "schema": {"$ref": "#/components/schemas/V2InferRequest"},
+            "example": INFER_REQUEST_EXAMPLE,
         },
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
     },
-    "parameters": [
-        {
-            "name": HEADER_LENGTH,
-            "in": "header",
-            "required": False,
-            "description": "Length of the JSON header when binary tensor data follows it.",
-            "schema": {"type": "integer", "minimum": 1},
-        },
-    ],
+}
+_HEADER_LENGTH_PARAMETER: Final[dict[str, Any]] = {
+    "name": HEADER_LENGTH,
+    "in": "header",
+    "required": False,
+    "description": "Length of the JSON header when binary tensor data follows it.",
+    "schema": {"type": "integer", "minimum": 1},
 }
 
 _INFER_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
@@ -225,70 +209,40 @@ _INFER_RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
 }
 
 
-@router.post(
-    "/models/{name}/infer",
-    summary="Run the layer",
-    openapi_extra=_INFER_DOC,
-    responses=_INFER_RESPONSES,
-)
-async def infer(
-    name: ModelName, request: Request, store: StoreDep, settings: SettingsDep
-) -> Response:
-    return await _infer(name, None, request, store, settings)
-
-
-@router.post(
-    "/models/{name}/versions/{version}/infer",
-    summary="Run the layer (versioned)",
-    openapi_extra=_INFER_DOC,
-    responses=_INFER_RESPONSES,
-)
-async def infer_version(
-    name: ModelName, version: ModelVersion, request: Request, store: StoreDep, settings: SettingsDep
-) -> Response:
-    return await _infer(name, version, request, store, settings)
-
-
-async def infer_endpoint(request: Request) -> Response:
-    """Both infer routes, as a plain Starlette endpoint (see create_app)."""
-    params = request.path_params
-    return await _infer(
-        params["name"], params.get("version"), request, store_of(request), settings_of(request)
-    )
-
-
-async def _infer(
-    name: str, version: str | None, request: Request, store: LayerStore, settings: Settings
-) -> Response:
+async def infer(request: Request) -> Response:
+    """Both infer routes: the model's name, and its version when the path has one."""
+    plane = plane_of(request)
     body = await read_body(request)  # writable: the kernel answers in place in a binary tail
-    _check_version(name, version)
-    layer = await stored_layer(store, name)
-    return await maybe_in_thread(
+    params = request.path_params
+    layer = await plane.model(params["name"], params.get("version"))
+    return await plane.run(
         len(body),
         _run,
+        plane,
         layer,
         body,
         request.headers.get("content-encoding"),
         request.headers.get(HEADER_LENGTH),
-        settings,
     )
 
 
 def _run(
+    plane: DataPlane,
     layer: Layer,
     body: bytearray,
     encoding: str | None,
     header_length: str | None,
-    settings: Settings,
 ) -> Response:
-    data = decode_content(body, encoding, settings.max_body_bytes)
-    request = decode_infer(data, header_length, max_elements=settings.max_tensor_elements)
-    applied = apply_layer(
+    data = decode_content(body, encoding, plane.limits.max_body_bytes)
+    request = decode_infer(data, header_length, max_elements=plane.limits.max_tensor_elements)
+    params = request.parameters
+    applied = plane.apply(
         layer,
         request.tensor,
-        training=request.training,
-        seed=request.seed,
-        sample_offset=request.sample_offset,
+        training=params.training,
+        seed=params.seed,
+        sample_offset=params.sample_offset,
+        engine=params.engine,
         in_place=True,
     )
     produced = {OUTPUT: applied.output}
@@ -296,8 +250,9 @@ def _run(
         produced[MASK] = applied.mask_matrix()
     parts, header_size = encode_infer(
         model_name=layer.name,
+        model_version=MODEL_VERSION,
         request_id=request.request_id,
-        parameters={"seed": applied.seed, "training": request.training},
+        parameters={"seed": applied.seed, "training": params.training},
         tensors=[(wanted, produced[wanted.name]) for wanted in request.outputs],
     )
     if header_size is None:
@@ -305,3 +260,27 @@ def _run(
     return BuffersResponse(
         parts, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_size)}
     )
+
+
+def _infer_route(path: str, summary: str, *parameters: dict[str, Any]) -> RawRoute:
+    return RawRoute(
+        path,
+        infer,
+        methods=["POST"],
+        tags=[_TAG],
+        summary=summary,
+        parameters=[*parameters, _HEADER_LENGTH_PARAMETER],
+        request_body=_INFER_BODY,
+        responses=_INFER_RESPONSES,
+    )
+
+
+INFER_ROUTES: Final = [
+    _infer_route("/v2/models/{name}/infer", "Run the layer", path_parameter("name", _NAME_DOC)),
+    _infer_route(
+        "/v2/models/{name}/versions/{version}/infer",
+        "Run the layer (versioned)",
+        path_parameter("name", _NAME_DOC),
+        path_parameter("version", _VERSION_DOC),
+    ),
+]
