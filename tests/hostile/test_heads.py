@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from bench.procs import rss_bytes
+from harness.process import rss_bytes
 from tests.conftest import Server
 from tests.hostile.wire import HOST, exchange, rss_peak
 

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from bench.procs import rss_bytes
+from harness.process import rss_bytes
 from tests.api.helpers import create
 from tests.conftest import Server
 from tests.hostile.wire import HOST, exchange, http_request, rss_peak
