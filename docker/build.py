@@ -162,8 +162,9 @@ def build(engine: str, tag: str, python_image: str | None, fresh_base: bool) -> 
             "docker",
             "--network",
             "host",
-            # buildah 1.28 can hand a cached build stage to RUN --mount as an empty directory.
-            "--no-cache",
+            # No cache: buildah 1.28 can hand a cached build stage to RUN --mount as an empty
+            # directory. And no layers kept of the build stage, which would linger untagged.
+            "--layers=false",
             *pip_settings_mounts(),
         ]
     if python_image:
