@@ -29,7 +29,9 @@ PREBUILT = "SPATIAL_DROPOUT_TEST_IMAGE"
 LOCAL_BASE = "localhost/spatial-dropout-base:bookworm"
 
 
-def podman(*args: str, check: bool = True, timeout: float = 120) -> str:
+def podman(
+    *args: str, check: bool = True, timeout: float = 120, env: dict[str, str] | None = None
+) -> str:
     """Run podman (with runc: crun cannot start containers on these hosts); its stdout."""
     done = subprocess.run(
         ["podman", "--runtime", "runc", *args],
@@ -37,6 +39,7 @@ def podman(*args: str, check: bool = True, timeout: float = 120) -> str:
         text=True,
         timeout=timeout,
         check=False,
+        env={**os.environ, **(env or {})},
     )
     if check and done.returncode != 0:
         raise AssertionError(f"podman {' '.join(args)}: {done.returncode}\n{done.stderr}")
@@ -48,11 +51,15 @@ def _limit(which: int, wanted: int) -> int:
     return wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
 
 
-def ulimits() -> list[str]:
+def limits() -> dict[str, str]:
     """Limits at or below this host's hard ones: podman's defaults exceed them in sandboxes."""
     nofile = _limit(resource.RLIMIT_NOFILE, 20000)
     nproc = _limit(resource.RLIMIT_NPROC, 4096)
-    return ["--ulimit", f"nofile={nofile}:{nofile}", "--ulimit", f"nproc={nproc}:{nproc}"]
+    return {"nofile": f"{nofile}:{nofile}", "nproc": f"{nproc}:{nproc}"}
+
+
+def ulimits() -> list[str]:
+    return [part for name, value in limits().items() for part in ("--ulimit", f"{name}={value}")]
 
 
 def require_podman() -> None:
