@@ -17,9 +17,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from tests.conftest import ROOT, free_port
 
@@ -67,6 +70,28 @@ def require_podman() -> None:
         if os.environ.get("CI"):
             pytest.fail("podman is not installed: .ci/run installs podman, runc and mmdebstrap")
         pytest.skip("podman is not installed (apt-get install podman runc mmdebstrap)")
+
+
+def tool(name: str, package: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{name} is not installed: .ci/run installs {package}")
+        pytest.skip(f"{name} is not installed ({package})")
+    return found
+
+
+def render(directory: Path) -> list[dict[str, Any]]:
+    """What ``kubectl kustomize DIR`` renders, as documents."""
+    done = subprocess.run(
+        [tool("kubectl", "Debian's kubernetes-client"), "kustomize", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
 def unique(kind: str) -> str:
@@ -174,8 +199,10 @@ class Containers:
         env: dict[str, str] | None = None,
         volume: str | None = None,
         read_only: bool = True,
+        command: tuple[str, ...] = (),
+        port: int | None = None,
     ) -> Container:
-        container = Container(unique("run"))
+        container = Container(unique("run"), port or free_port())
         self.names.append(container.name)
         settings = {
             "SPATIAL_DROPOUT_HOST": "127.0.0.1",
@@ -196,6 +223,7 @@ class Containers:
             f"{volume or self.volume()}:/data",
             *[part for key, value in settings.items() for part in ("--env", f"{key}={value}")],
             self.image,
+            *command,
         )
         return container.wait_ready()
 

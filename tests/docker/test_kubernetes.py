@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,7 @@ import yaml
 
 from service.settings import Settings
 from tests.conftest import ROOT, free_port
-from tests.docker.conftest import Container, limits, podman, unique
+from tests.docker.conftest import Container, limits, podman, render, tool, unique
 
 KUBERNETES = ROOT / "deploy" / "kubernetes"
 OVERLAYS = {"base": KUBERNETES, "postgres": KUBERNETES / "overlays" / "postgres"}
@@ -34,28 +31,6 @@ SECRET_SETTINGS = {f"{PREFIX}DATABASE_URL", f"{PREFIX}API_TOKENS"}
 UID = 10001  # docker/Dockerfile's USER
 
 Doc = dict[str, Any]
-
-
-def tool(name: str, package: str) -> str:
-    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
-    if found is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is not installed: .ci/run installs {package}")
-        pytest.skip(f"{name} is not installed ({package})")
-    return found
-
-
-def render(directory: Path) -> list[Doc]:
-    """What ``kubectl kustomize DIR`` renders, as documents."""
-    done = subprocess.run(
-        [tool("kubectl", "Debian's kubernetes-client"), "kustomize", str(directory)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
 def one(docs: list[Doc], kind: str) -> Doc:
