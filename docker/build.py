@@ -81,7 +81,8 @@ def bootstrap_base(tag: str) -> None:
                 "--quiet",
                 "--variant=minbase",
                 f"--include={DEBIAN_PACKAGES}",
-                # No apt lists or caches in the image: nothing runs apt in it.
+                # No manuals, docs, translations, apt lists or caches: nothing reads them.
+                *(f"--dpkgopt=path-exclude=/usr/share/{p}/*" for p in ("man", "doc", "locale")),
                 "--customize-hook=rm -rf $1/var/lib/apt/lists/* $1/var/cache/apt/*",
                 "bookworm",
                 str(tarball),

@@ -98,11 +98,22 @@ def unique(kind: str) -> str:
     return f"sd-test-{kind}-{uuid.uuid4().hex[:10]}"
 
 
+def say(request: pytest.FixtureRequest, lines: list[str]) -> None:
+    """Print past pytest's capture: the build's choices and the image's size are the news."""
+    plugins = request.config.pluginmanager
+    report, capture = plugins.getplugin("terminalreporter"), plugins.getplugin("capturemanager")
+    if report is None or capture is None:
+        return
+    with capture.global_and_fixture_disabled():
+        report.write_line("")
+        for line in lines:
+            report.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def image(request: pytest.FixtureRequest) -> Iterator[str]:
     """A tag of the image docker/build.py builds; removed at the end of the session."""
     require_podman()
-    report = request.config.pluginmanager.getplugin("terminalreporter")
     prebuilt = os.environ.get(PREBUILT)
     if prebuilt:
         yield prebuilt
@@ -122,12 +133,9 @@ def image(request: pytest.FixtureRequest) -> Iterator[str]:
         assert done.returncode == 0, f"{command}\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
         size = image_size(tag)
         lines = [line for line in done.stderr.splitlines() if line.startswith("build.py:")]
-        if report is not None:
-            for line in lines:
-                report.write_line(line)
-            report.write_line(
-                f"image {tag}: {size / 2**20:.0f} MiB, built in {time.monotonic() - started:.0f} s"
-            )
+        lines.append(f"image {tag}: {size / 2**20:.0f} MiB ({size} bytes)")
+        lines.append(f"image built in {time.monotonic() - started:.0f} s")
+        say(request, lines)
         yield tag
     finally:
         podman("rmi", "--force", tag, check=False)

@@ -210,6 +210,8 @@ def played(image: str, tmp_path: Path) -> Iterator[Container]:
     env = {"CONTAINERS_CONF": str(conf)}
     claim = one(docs, "PersistentVolumeClaim")["metadata"]["name"]
     podman("secret", "create", secret["name"], str(tmp_path / "secret.json"))
+    # podman builds its pods' pause image on first use; remove it if these tests made it.
+    pause = podman("images", "--quiet", "--filter", "reference=localhost/podman-pause")
     try:
         podman("play", "kube", "--network", "host", str(manifest), env=env, timeout=300)
         deployment = one(docs, "Deployment")
@@ -220,6 +222,10 @@ def played(image: str, tmp_path: Path) -> Iterator[Container]:
         podman("play", "kube", "--down", str(manifest), env=env, check=False, timeout=300)
         podman("volume", "rm", "--force", claim, check=False)
         podman("secret", "rm", secret["name"], check=False)
+        if not pause.strip():
+            made = podman("images", "--quiet", "--filter", "reference=localhost/podman-pause")
+            for pause_image in made.split():
+                podman("rmi", pause_image, check=False)
 
 
 def test_the_deployment_runs_as_a_pod_and_answers_v2_infer(played: Container) -> None:
