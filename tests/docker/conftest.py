@@ -65,14 +65,8 @@ def ulimits() -> list[str]:
     return [part for name, value in limits().items() for part in ("--ulimit", f"{name}={value}")]
 
 
-def require_podman() -> None:
-    if shutil.which("podman") is None:
-        if os.environ.get("CI"):
-            pytest.fail("podman is not installed: .ci/run installs podman, runc and mmdebstrap")
-        pytest.skip("podman is not installed (apt-get install podman runc mmdebstrap)")
-
-
 def tool(name: str, package: str) -> str:
+    """The path of a program the tests need; without it, skipped, except in CI."""
     found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if found is None:
         if os.environ.get("CI"):
@@ -113,7 +107,7 @@ def say(request: pytest.FixtureRequest, lines: list[str]) -> None:
 @pytest.fixture(scope="session")
 def image(request: pytest.FixtureRequest) -> Iterator[str]:
     """A tag of the image docker/build.py builds; removed at the end of the session."""
-    require_podman()
+    tool("podman", "Debian's podman, runc and mmdebstrap")
     prebuilt = os.environ.get(PREBUILT)
     if prebuilt:
         yield prebuilt

@@ -18,8 +18,8 @@ from tests.docker.conftest import Containers, image_size, podman, poll
 if TYPE_CHECKING:
     from tests.postgres import PostgresServer
 
-# The Debian base bootstrapped here is ~240 MB before the service; python:3.12-slim is smaller.
-LEAN_BYTES = 550 * 2**20
+# The Debian base bootstrapped here is 200 MB before the service; python:3.12-slim is smaller.
+LEAN_BYTES = 480 * 2**20
 X = np.arange(2 * 4 * 4 * 16, dtype=np.float32).reshape(2, 4, 4, 16)
 
 
