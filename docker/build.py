@@ -73,6 +73,12 @@ def bootstrap_base(tag: str) -> None:
     if shutil.which("mmdebstrap") is None:
         raise SystemExit("the base image cannot be pulled and mmdebstrap is not installed")
     started = time.monotonic()
+    earlier = subprocess.run(
+        ["podman", "image", "inspect", "--format", "{{.Id}}", tag],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
     with tempfile.TemporaryDirectory(prefix="sd-base-") as scratch:
         tarball = Path(scratch) / "base.tar"
         subprocess.run(
@@ -94,6 +100,8 @@ def bootstrap_base(tag: str) -> None:
             check=True,
             stdout=subprocess.DEVNULL,
         )
+    if earlier:  # the base it replaces, unless images built on it still need it
+        quiet("podman", "rmi", earlier)
     say(f"bootstrapped {tag} with mmdebstrap in {time.monotonic() - started:.0f} s")
 
 
