@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: setup runtime serve test lint format openapi check bench clean
+.PHONY: setup runtime serve test lint format openapi check bench image clean
 
 setup: $(VENV)/.installed
 
@@ -36,8 +36,8 @@ test: setup
 	$(BIN)/python -m pytest
 
 lint: setup
-	$(BIN)/ruff check service tests harness $(wildcard bench)
-	$(BIN)/ruff format --check service tests harness $(wildcard bench)
+	$(BIN)/ruff check service tests harness docker $(wildcard bench)
+	$(BIN)/ruff format --check service tests harness docker $(wildcard bench)
 	$(BIN)/mypy service
 	$(BIN)/hadolint docker/Dockerfile
 	$(BIN)/spatial-dropout openapi --check
@@ -60,6 +60,12 @@ bench: setup
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } \
 	  || echo "wrk is not installed: bench uses its Python load generator" >&2
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The container image, with podman or docker (whichever is installed); README, "Deploying".
+# `make image IMAGE=name:tag PYTHON_IMAGE=base` to choose the tag or the base.
+IMAGE ?= spatial-dropout:latest
+image:
+	$(PYTHON) docker/build.py --tag $(IMAGE) $(if $(PYTHON_IMAGE),--python-image $(PYTHON_IMAGE))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis data

@@ -79,6 +79,8 @@ def test_compose_sqlite_by_default_postgres_profile_with_two_replicas() -> None:
     assert replicas["environment"]["SPATIAL_DROPOUT_DATABASE_URL"].startswith("postgresql://")
     assert replicas["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert "healthcheck" in services["postgres"]
+    for name in ("api", "api-pg"):
+        assert services[name]["read_only"] is True and services[name]["tmpfs"] == ["/tmp"]
 
 
 def test_hadolint_passes() -> None:

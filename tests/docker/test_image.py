@@ -1,133 +1,194 @@
-"""What the image does, without Docker: build the wheel, install it into a clean virtual
-environment, serve from it with the source tree nowhere on the path, and call it.
-
-Slow (about a minute: pip installs the dependencies, from its cache when it can), so it runs
-once, in one test.
-"""
+"""The image docker/build.py builds, run by podman as a user would run it: read-only root,
+/data a volume, /tmp a tmpfs, stopped with SIGTERM, replicas sharing one PostgreSQL."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-from pathlib import Path
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import httpx
+import numpy as np
+import pytest
 
-from harness.process import ROOT, Child, free_port
-from tests.docker.test_files import instructions
+from tests.docker.conftest import Containers, image_size, podman, poll
+
+if TYPE_CHECKING:
+    from tests.postgres import PostgresServer
+
+# The Debian base bootstrapped here is 200 MB before the service; python:3.12-slim is smaller.
+LEAN_BYTES = 480 * 2**20
+X = np.arange(2 * 4 * 4 * 16, dtype=np.float32).reshape(2, 4, 4, 16)
 
 
-def _run(*command: str | Path, cwd: Path, env: dict[str, str]) -> str:
-    done = subprocess.run(
-        [str(part) for part in command],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=540,
+def apply(url: str, layer: str, seed: int) -> list[list[bool]]:
+    answer = httpx.post(
+        f"{url}/apply",
+        json={
+            "layer": layer,
+            "training": True,
+            "seed": seed,
+            "return_mask": True,
+            "input": X.tolist(),
+        },
+        timeout=30,
     )
-    assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
-    return done.stdout
+    assert answer.status_code == 200, answer.text
+    mask: list[list[bool]] = answer.json()["mask"]
+    return mask
 
 
-def _clean_env(**extra: str) -> dict[str, str]:
-    """The environment less anything that would put this checkout on the path."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME"} and not k.startswith(PREFIX)
-    }
-    return {**env, **extra}
-
-
-PREFIX = "SPATIAL_DROPOUT_"
-
-
-def test_the_wheel_serves_from_a_clean_virtualenv(tmp_path: Path) -> None:
-    # The build context the Dockerfile copies, and nothing else.
-    context = tmp_path / "context"
-    context.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, context / name)
-    shutil.copytree(
-        ROOT / "service", context / "service", ignore=shutil.ignore_patterns("__pycache__")
+def infer(url: str, model: str, seed: int) -> list[float]:
+    answer = httpx.post(
+        f"{url}/v2/models/{model}/infer",
+        json={
+            "inputs": [
+                {
+                    "name": "input",
+                    "shape": list(X.shape),
+                    "datatype": "FP32",
+                    "data": X.ravel().tolist(),
+                }
+            ],
+            "parameters": {"training": True, "seed": seed},
+        },
+        timeout=30,
     )
-    env = _clean_env()
-    dist = tmp_path / "dist"
-    _run(
-        sys.executable,
-        "-m",
-        "pip",
-        "wheel",
-        "--quiet",
-        "--no-deps",
-        "-w",
-        dist,
-        context,
-        cwd=tmp_path,
-        env=env,
-    )
-    (wheel,) = dist.glob("spatial_dropout_service-*.whl")
+    assert answer.status_code == 200, answer.text
+    data: list[float] = answer.json()["outputs"][0]["data"]
+    return data
 
-    venv = tmp_path / "venv"
-    _run(sys.executable, "-m", "venv", venv, cwd=tmp_path, env=env)
-    python, bindir = venv / "bin" / "python", venv / "bin"
-    _run(
-        python,
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        wheel,
-        cwd=tmp_path,
-        env=env,
+
+def test_the_image_is_lean_and_keeps_its_healthcheck(image: str) -> None:
+    assert image_size(image) < LEAN_BYTES
+    (inspected,) = json.loads(podman("image", "inspect", image))
+    # podman keeps HEALTHCHECK only in the docker image format (OCI has no such field).
+    assert "/healthz" in " ".join(inspected["Healthcheck"]["Test"])
+    config = inspected["Config"]
+    assert config["User"] == "10001:10001"
+
+
+def test_read_only_serves_as_uid_10001_passes_its_healthcheck_and_keeps_data_for_data(
+    containers: Containers,
+) -> None:
+    volume = containers.volume()
+    served = containers.run(volume=volume)
+    assert httpx.get(f"{served.url}/healthz").json() == {"status": "ok"}
+    podman("healthcheck", "run", served.name)  # the image's HEALTHCHECK, once, on demand
+    # The server is PID 1, running as 10001 (real, effective, saved and filesystem ids).
+    status = served.exec("cat", "/proc/1/status")
+    ids = {line.split(":")[0]: line.split()[1:] for line in status.splitlines()}
+    assert ids["Uid"] == ["10001"] * 4 and ids["Gid"] == ["10001"] * 4
+    assert (
+        podman("inspect", "--format", "{{.HostConfig.ReadonlyRootfs}}", served.name).strip()
+        == "true"
     )
 
-    where = tmp_path / "elsewhere"
-    where.mkdir()
-    located = _run(python, "-c", "import service; print(service.__file__)", cwd=where, env=env)
-    assert Path(located.strip()).is_relative_to(venv)  # the installed copy, not this checkout
+    # Some use of everything that touches disk: the store, onnxruntime (its cache), ONNX export.
+    made = httpx.post(f"{served.url}/layers", json={"name": "sd", "rate": 0.5, "seed": 7})
+    assert made.status_code == 201, made.text
+    applied = httpx.post(
+        f"{served.url}/apply",
+        json={"layer": "sd", "training": True, "return_mask": True, "input": [[[[1, 2, 3]]]]},
+    )
+    assert applied.json()["mask"] == [[True, False, True]]  # the README's seed-7 mask
+    assert len(infer(served.url, "sd", 7)) == X.size
+    assert httpx.get(f"{served.url}/layers/sd/onnx").status_code == 200
+    # The volume holds the database and nothing else (no caches, no HOME).
+    files = served.exec("ls", "-A", "/data").split()
+    assert files and all(name.startswith("layers.sqlite3") for name in files), files
 
-    port = free_port()
-    data = tmp_path / "data"
-    serve_env = _clean_env(
-        PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}",
-        SPATIAL_DROPOUT_HOST="127.0.0.1",
-        SPATIAL_DROPOUT_PORT=str(port),
-        SPATIAL_DROPOUT_WORKERS="1",
-        SPATIAL_DROPOUT_DATABASE_URL=f"sqlite:///{data}/layers.sqlite3",
-    )
-    served = Child(
-        "the installed serve", [str(bindir / "spatial-dropout"), "serve"], port, serve_env
-    )
-    served.cwd = where
+
+def _store_layer(url: str) -> object:
+    made = httpx.post(f"{url}/layers", json={"name": "kept", "rate": 0.25, "seed": 5})
+    assert made.status_code == 201, made.text
+    return _read_layer(url)
+
+
+def _read_layer(url: str) -> object:
+    layer = httpx.get(f"{url}/layers/kept").json()
+    return layer["id"], layer["rate"], layer["seed"], apply(url, "kept", 9)
+
+
+# What a restart keeps: for each kind of stored thing, (store one, read it back); each returns
+# what must come back the same.
+SURVIVORS: dict[str, tuple[Callable[[str], object], Callable[[str], object]]] = {
+    "layer": (_store_layer, _read_layer),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SURVIVORS))
+def test_stored_things_survive_a_container_restart(containers: Containers, kind: str) -> None:
+    store, read = SURVIVORS[kind]
+    served = containers.run()
+    before = store(served.url)
+    podman("restart", "--time", "30", served.name)
+    served.wait_ready()
+    assert read(served.url) == before
+
+
+def _in_progress(url: str) -> float:
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("spatial_dropout_http_requests_in_progress "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def _refuses_connections(url: str) -> bool:
     try:
-        served.start(tmp_path / "serve.log").wait_ready("/readyz")
-        url = f"http://127.0.0.1:{port}"
-        made = httpx.post(f"{url}/layers", json={"name": "sd", "rate": 0.5, "seed": 7})
-        assert made.status_code == 201, made.text
-        applied = httpx.post(
-            f"{url}/apply",
-            json={"layer": "sd", "training": True, "return_mask": True, "input": [[[[1, 2, 3]]]]},
-        )
-        assert applied.status_code == 200
-        assert applied.json()["mask"] == [[True, False, True]]  # the README's seed-7 mask
-        assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
-        _run(*_healthcheck(), cwd=where, env=serve_env)  # the image's HEALTHCHECK, as written
-        assert served.popen is not None
-        served.popen.send_signal(signal.SIGTERM)
-        assert served.popen.wait(timeout=60) == 0
+        httpx.get(f"{url}/healthz", timeout=1)
+    except httpx.TransportError:
+        return True
+    return False
+
+
+def test_sigterm_lets_a_slow_request_finish_with_200_then_exits_0(containers: Containers) -> None:
+    served = containers.run()
+    assert httpx.post(f"{served.url}/layers", json={"name": "slow", "rate": 0.5}).status_code == 201
+    body = json.dumps({"layer": "slow", "training": True, "seed": 3, "input": X.tolist()}).encode()
+    release = threading.Event()
+
+    def slowly() -> Iterator[bytes]:
+        yield body[: len(body) // 2]
+        release.wait(timeout=90)  # the rest only once the container has been told to stop
+        yield body[len(body) // 2 :]
+
+    def post() -> httpx.Response:
+        headers = {"content-type": "application/json"}
+        return httpx.post(f"{served.url}/apply", content=slowly(), headers=headers, timeout=90)
+
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(post)
+            # In flight: the slow request and the scrape asking.
+            poll(lambda: _in_progress(served.url) == 2, "the request reached the app")
+            podman("kill", "--signal", "TERM", served.name)
+            poll(lambda: _refuses_connections(served.url), "the server stopped listening")
+            release.set()
+            response = pending.result(timeout=90)
     finally:
-        served.stop()
-    assert (data / "layers.sqlite3").exists()
+        release.set()
+    assert response.status_code == 200, response.text
+    out = np.asarray(response.json()["output"], dtype=np.float32)
+    # The whole answer: each feature map (sample, channel) kept and doubled, or dropped whole.
+    maps, inputs = (a.transpose(0, 3, 1, 2).reshape(2 * 16, -1) for a in (out, X))
+    assert all(np.array_equal(o, i * 2) or not o.any() for o, i in zip(maps, inputs, strict=True))
+    assert podman("wait", served.name, timeout=90).strip() == "0", served.logs()
 
 
-def _healthcheck() -> list[str]:
-    (health,) = [rest for word, rest in instructions() if word == "HEALTHCHECK"]
-    command: list[str] = json.loads(health[health.index("CMD") + 3 :].strip())
-    return command
+def test_two_containers_on_one_postgres_share_layers_and_masks(
+    containers: Containers, postgres: PostgresServer
+) -> None:
+    env = {"SPATIAL_DROPOUT_DATABASE_URL": postgres.new_database()}
+    one, two = containers.run(env=env), containers.run(env=env)
+    assert httpx.post(f"{one.url}/layers", json={"name": "shared", "rate": 0.5}).status_code == 201
+    assert httpx.post(f"{two.url}/layers", json={"name": "other", "rate": 0.3}).status_code == 201
+    for served in (one, two):
+        names = {layer["name"] for layer in httpx.get(f"{served.url}/layers").json()["items"]}
+        assert names == {"shared", "other"}
+    for layer in ("shared", "other"):
+        assert apply(one.url, layer, 11) == apply(two.url, layer, 11)
+        assert infer(one.url, layer, 12) == infer(two.url, layer, 12)
+    assert apply(one.url, "shared", 11) != apply(one.url, "shared", 13)  # seeds do matter
