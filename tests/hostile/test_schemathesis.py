@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 import httpx
+import jsonschema_rs
 import numpy as np
 import pytest
 import schemathesis
@@ -214,3 +215,27 @@ def test_the_documented_cursor_format_is_what_the_store_takes(target: Server) ->
     for bad in ("abc", "-1", "1" * 19, "\u0661"):
         response = httpx.get(f"{target.url}/layers", params={"cursor": bad})
         assert response.status_code == 422 and response.json()["code"] == "invalid_cursor"
+
+
+@pytest.mark.parametrize(
+    ("class_name", "config"),
+    [
+        ("SpatialDropout1D", {"data_format": "channels_first"}),
+        ("SpatialDropout1D", {"data_format": "Channels_Last"}),
+        ("SpatialDropout2D", {"data_format": "channels_first"}),
+        ("SpatialDropout2D", {"noise_shape": [1, 1, 1, 3]}),
+        ("Dropout", {"noise_shape": [None, 1]}),
+        ("Dropout", {"batch_shape": [None, 0]}),
+        ("Dropout", {"color": "blue"}),
+        ("SpatialDropout3D", {"rate": 1.5}),
+    ],
+)
+def test_the_document_admits_a_keras_config_exactly_when_the_service_does(
+    target: Server, class_name: str, config: dict[str, Any]
+) -> None:
+    # Rules generation may not happen upon, pinned: the document and the service agree.
+    body = {"class_name": class_name, "config": {"rate": 0.5, **config}}
+    document = schema.raw_schema["components"]["schemas"]["KerasLayerConfig"]
+    admitted = jsonschema_rs.Draft202012Validator(document).is_valid(body)
+    response = httpx.post(f"{target.url}/layers", json=body)
+    assert response.status_code == (201 if admitted else 422), response.text
