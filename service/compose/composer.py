@@ -13,7 +13,7 @@ from service.compose import record, surgery, validate
 from service.core import rng
 from service.layers.resolve import ResolvedSpec, dropout_config
 from service.layers.spec import Layer
-from service.onnx.export import GraphSpec, _spec_dict
+from service.onnx.export import GraphSpec, spec_dict
 
 _U64: Final = 1 << 64
 
@@ -43,7 +43,7 @@ def compose(
     dtypes = [surgery.check_fits(config, point, types[point]) for point in points]
     surgery.ensure_training_mode(model)
     names = surgery.used_names(model)
-    spec = _spec_dict(layer)
+    spec = spec_dict(layer)
     for i, (point, dtype) in enumerate(zip(points, dtypes, strict=True)):
         used = (seed + i) % _U64
         dims = types[point].dims

@@ -119,7 +119,7 @@ def export_layer(
         {
             "seed": str(used),
             "stream_seed": str(rng.mix_seed(used)),
-            "layer": json.dumps(_spec_dict(layer), sort_keys=True, separators=(",", ":")),
+            "layer": json.dumps(spec_dict(layer), sort_keys=True, separators=(",", ":")),
             "producer_version": __version__,
         },
     )
@@ -174,7 +174,7 @@ def supported_opsets() -> range:
     raise RuntimeError("onnxruntime loads none of the opsets this exporter builds")
 
 
-def _spec_dict(layer: Layer | ResolvedSpec) -> dict[str, Any]:
+def spec_dict(layer: Layer | ResolvedSpec) -> dict[str, Any]:
     if isinstance(layer, Layer):
         return layer.model_dump(mode="json")
     data = layer.as_dict()
