@@ -175,6 +175,7 @@ def supported_opsets() -> range:
 
 
 def spec_dict(layer: Layer | ResolvedSpec) -> dict[str, Any]:
+    """The layer as a JSON object, the form a model's metadata records it in."""
     if isinstance(layer, Layer):
         return layer.model_dump(mode="json")
     data = layer.as_dict()
