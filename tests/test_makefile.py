@@ -17,9 +17,20 @@ pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 
 def plan(target: str, venv: Path) -> list[str]:
     """The commands `make TARGET` would run with this .venv (none is run)."""
+    # Run from `make test`, make would pass its own flags and print directory lines: not here.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
     done = subprocess.run(
-        ["make", "-n", "-f", str(ROOT / "Makefile"), f"VENV={venv}", target],
+        [
+            "make",
+            "-n",
+            "--no-print-directory",
+            "-f",
+            str(ROOT / "Makefile"),
+            f"VENV={venv}",
+            target,
+        ],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
