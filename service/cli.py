@@ -46,20 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     export = commands.add_parser(
         "export", help="write a layer's ONNX model (offline: reads the store, needs no server)"
     )
-    export.add_argument(
-        "layer",
-        help="a stored layer's id or name (in SPATIAL_DROPOUT_DATABASE_URL), "
-        "or the path of a JSON spec or Keras config",
-    )
-    export.add_argument("--output", "-o", type=Path, required=True, help="the .onnx file to write")
+    _layer_arguments(export, seed="user seed (default: the layer's)")
     export.add_argument(
         "--opset",
         type=cli_type(Opset, "an opset"),
         default=DEFAULT_OPSET,
         help=f"{MIN_OPSET} or newer ({DEFAULT_OPSET})",
-    )
-    export.add_argument(
-        "--seed", type=cli_type(Seed, "a seed"), help="user seed (default: the layer's)"
     )
     export.add_argument(
         "--dtype",
@@ -78,23 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "false). Errors print their code and exit 1.",
     )
     compose.add_argument("model", type=Path, help="the ONNX model file (every tensor inside it)")
-    compose.add_argument(
-        "layer",
-        help="a stored layer's id or name (in SPATIAL_DROPOUT_DATABASE_URL), "
-        "or the path of a JSON spec or Keras config",
-    )
-    compose.add_argument("--output", "-o", type=Path, required=True, help="the .onnx to write")
+    _layer_arguments(compose, seed="user seed (default: the layer's, else one drawn)")
     compose.add_argument(
         "--after",
         action="append",
         default=[],
         metavar="TENSOR",
         help="a tensor of the model's main graph to insert the layer after; repeat for several",
-    )
-    compose.add_argument(
-        "--seed",
-        type=cli_type(Seed, "a seed"),
-        help="user seed (default: the layer's, else one drawn)",
     )
 
     openapi = commands.add_parser("openapi", help="write openapi.yaml from the app")
@@ -119,6 +101,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 _ENV = "SPATIAL_DROPOUT_"
 _NO_FILE = "file_not_found"
+
+
+def _layer_arguments(command: argparse.ArgumentParser, seed: str) -> None:
+    """What export and compose both take: the layer, the .onnx file to write and a seed
+    (``seed`` its help: where the seed comes from when none is given differs)."""
+    command.add_argument(
+        "layer",
+        help="a stored layer's id or name (in SPATIAL_DROPOUT_DATABASE_URL), "
+        "or the path of a JSON spec or Keras config",
+    )
+    command.add_argument("--output", "-o", type=Path, required=True, help="the .onnx file to write")
+    command.add_argument("--seed", type=cli_type(Seed, "a seed"), help=seed)
 
 
 def _settings_in_force() -> Settings:

@@ -101,13 +101,9 @@ def client(server: Server) -> Iterator[httpx.Client]:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[PostgresServer]:
     """A real PostgreSQL server for the session (skipped where none is installed, but not in CI)."""
-    from tests.postgres import PostgresServer, find_bindir
+    from tests.postgres import PostgresServer, require_bindir
 
-    bindir = find_bindir()
-    if bindir is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed: .ci/run installs Debian's postgresql")
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    bindir = require_bindir()
     server = PostgresServer(bindir).start()
     yield server
     server.stop()

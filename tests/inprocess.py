@@ -16,12 +16,13 @@ from fastapi import FastAPI
 
 
 class InProcess:
-    def __init__(self, app: FastAPI) -> None:
+    def __init__(self, app: FastAPI, root_path: str = "") -> None:
+        """``root_path`` is the prefix a proxy in front strips (ASGI's ``root_path``)."""
         self.app = app
         self._runner = asyncio.Runner()
         self._lifespan: AbstractAsyncContextManager[Any] = app.router.lifespan_context(app)
         self._client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False),
+            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False, root_path=root_path),
             base_url="http://127.0.0.1",
         )
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from harness.process import free_port
 
@@ -31,6 +32,17 @@ def find_bindir() -> Path | None:
         return versions[-1]
     found = shutil.which("pg_ctl")
     return Path(found).resolve().parent if found else None
+
+
+def require_bindir() -> Path:
+    """:func:`find_bindir`, for fixtures: where none is installed the test is skipped, or fails
+    under CI (which installs one)."""
+    bindir = find_bindir()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed: .ci/run installs Debian's postgresql")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    return bindir
 
 
 @dataclass

@@ -147,3 +147,15 @@ def test_a_stored_layer_is_found_by_any_name_and_a_missing_one_is_not_found(
     assert missing.stderr == (
         "spatial-dropout export: No layer has the id or name 'sd'. (layer_not_found)\n"
     )
+
+
+@pytest.mark.parametrize("command", ["export", "compose"])
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+def test_a_seed_outside_64_bits_is_a_usage_error(tmp_path: Path, command: str, seed: str) -> None:
+    (tmp_path / "sd.json").write_text('{"rate": 0.5}', encoding="utf-8")
+    (tmp_path / "model.onnx").write_bytes(b"")
+    model = ["model.onnx"] if command == "compose" else []
+    done = run(command, *model, "sd.json", "-o", "out.onnx", "--seed", seed, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "argument --seed:" in done.stderr
+    assert not (tmp_path / "out.onnx").exists()

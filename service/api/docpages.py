@@ -9,9 +9,10 @@ The routes are FastAPI routes, so metrics and logs label them by their path.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib.resources import files
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -58,29 +59,26 @@ def router(app: FastAPI) -> APIRouter:
 
     @pages.get(DOCS_PATH)
     async def swagger_ui(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "").rstrip("/")
-        return _local_only(
-            get_swagger_ui_html(
-                openapi_url=root + OPENAPI_PATH,
-                title=f"{app.title} - Swagger UI",
-                swagger_js_url=f"{root}{ASSETS_PATH}/swagger-ui-bundle.js",
-                swagger_css_url=f"{root}{ASSETS_PATH}/swagger-ui.css",
-                swagger_favicon_url=f"{root}{ASSETS_PATH}/favicon.png",
-                swagger_ui_parameters=_SWAGGER_PARAMETERS,
-            )
+        return _local_page(
+            request,
+            get_swagger_ui_html,
+            f"{app.title} - Swagger UI",
+            {
+                "swagger_js_url": "swagger-ui-bundle.js",
+                "swagger_css_url": "swagger-ui.css",
+                "swagger_favicon_url": "favicon.png",
+            },
+            swagger_ui_parameters=_SWAGGER_PARAMETERS,
         )
 
     @pages.get(REDOC_PATH)
     async def redoc(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "").rstrip("/")
-        return _local_only(
-            get_redoc_html(
-                openapi_url=root + OPENAPI_PATH,
-                title=f"{app.title} - ReDoc",
-                redoc_js_url=f"{root}{ASSETS_PATH}/redoc.standalone.js",
-                redoc_favicon_url=f"{root}{ASSETS_PATH}/favicon.png",
-                with_google_fonts=False,
-            )
+        return _local_page(
+            request,
+            get_redoc_html,
+            f"{app.title} - ReDoc",
+            {"redoc_js_url": "redoc.standalone.js", "redoc_favicon_url": "favicon.png"},
+            with_google_fonts=False,
         )
 
     @pages.get(ASSETS_PATH + "/{name}")
@@ -93,6 +91,18 @@ def router(app: FastAPI) -> APIRouter:
     return pages
 
 
-def _local_only(page: HTMLResponse) -> HTMLResponse:
+def _local_page(
+    request: Request,
+    build: Callable[..., HTMLResponse],
+    title: str,
+    assets: dict[str, str],
+    **options: Any,
+) -> HTMLResponse:
+    """The page ``build`` (FastAPI's Swagger UI or ReDoc page) makes, pointed at this service's
+    document and at ``assets`` (keyword -> name under ASSETS_PATH), below the app's root path
+    (behind a proxy that strips a prefix), and allowed to load nothing from elsewhere."""
+    root = request.scope.get("root_path", "").rstrip("/")
+    urls = {keyword: f"{root}{ASSETS_PATH}/{name}" for keyword, name in assets.items()}
+    page = build(openapi_url=root + OPENAPI_PATH, title=title, **urls, **options)
     page.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     return page

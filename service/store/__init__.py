@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from service.store.base import LayerStore, Page
+from service.store.database import POOL_SIZE, TIMEOUT
 from service.store.postgres import PostgresLayerStore, postgres_conninfo
 from service.store.sqlite import SqliteLayerStore, sqlite_path
 
 
-def open_store(database_url: str, *, pool_size: int = 10, timeout: float = 2.0) -> LayerStore:
+def open_store(
+    database_url: str, *, pool_size: int = POOL_SIZE, timeout: float = TIMEOUT
+) -> LayerStore:
     """Open the store a ``SPATIAL_DROPOUT_DATABASE_URL`` names: SQLite or PostgreSQL.
 
     ``timeout`` bounds each PostgreSQL call (SQLite, a local file, waits for its lock instead).

@@ -53,6 +53,9 @@ _KEEPALIVE_COUNT: Final = 3
 #: How long the opening of the store keeps trying to reach the server (replicas and their
 #: database often start together).
 START_TIMEOUT: Final = 10.0
+#: Defaults for those who open a pool without the settings (Settings has the served ones).
+POOL_SIZE: Final = 10
+TIMEOUT: Final = 2.0
 _START_PAUSE_S: Final = 0.2
 
 
@@ -70,8 +73,8 @@ class Database:
         self,
         conninfo: str,
         *,
-        pool_size: int = 10,
-        timeout: float = 2.0,
+        pool_size: int = POOL_SIZE,
+        timeout: float = TIMEOUT,
         start_timeout: float = START_TIMEOUT,
     ) -> None:
         self.timeout = timeout

@@ -14,7 +14,7 @@ from service.errors import LayerNotFound, NameConflict, StoreUnavailable
 from service.layers.resolve import DEFAULT_NAMES, ResolvedSpec
 from service.layers.spec import Layer
 from service.store.base import Page, decode_cursor, keras_next_name, page_of
-from service.store.database import START_TIMEOUT, Connection, Database
+from service.store.database import POOL_SIZE, START_TIMEOUT, TIMEOUT, Connection, Database
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS layers (
@@ -57,8 +57,8 @@ class PostgresLayerStore:
     def __init__(
         self,
         conninfo: str,
-        pool_size: int = 10,
-        timeout: float = 2.0,
+        pool_size: int = POOL_SIZE,
+        timeout: float = TIMEOUT,
         connect_timeout: float = START_TIMEOUT,
     ) -> None:
         self._db = Database(

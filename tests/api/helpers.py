@@ -45,3 +45,8 @@ def npy(array: np.ndarray) -> bytes:
 def load(content: bytes) -> np.ndarray:
     """The array in a .npy answer."""
     return np.load(io.BytesIO(content))
+
+
+def fp32_input(x: np.ndarray) -> dict[str, Any]:
+    """``x`` as the Open Inference Protocol input tensor "input": FP32, its data flat."""
+    return {"name": "input", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}

@@ -187,3 +187,21 @@ def test_the_pages_and_their_assets_stay_open_when_reads_need_a_token(tmp_path: 
         for path in ("/docs", "/redoc", "/openapi.json", "/docs/assets/swagger-ui.css"):
             assert app.get(path).status_code == 200, path
         assert app.get("/layers").status_code == 401  # reads do need one
+
+
+def test_behind_a_prefix_the_pages_ask_for_everything_under_it(tmp_path: Path) -> None:
+    from service.api.app import create_app
+    from service.settings import Settings
+    from tests.inprocess import InProcess
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'layers.sqlite3'}")
+    with InProcess(create_app(settings), root_path="/sd") as app:
+        for page, assets in (
+            ("/docs", ("swagger-ui-bundle.js", "swagger-ui.css", "favicon.png")),
+            ("/redoc", ("redoc.standalone.js", "favicon.png")),
+        ):
+            html = app.get(f"/sd{page}").text
+            assert "/sd/openapi.json" in html, page
+            for name in assets:
+                assert f"/sd/docs/assets/{name}" in html, (page, name)
+                assert app.get(f"/sd/docs/assets/{name}").status_code == 200, name

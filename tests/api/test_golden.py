@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
 
-from tests.api.helpers import create, load, npy
+from tests.api.helpers import create, fp32_input, load, npy
 from tests.conftest import Server
 from tests.golden import GOLDEN
 
@@ -78,14 +78,7 @@ def test_apply_npy(client: httpx.Client, layer: str, engine: str) -> None:
 
 def test_v2_json(client: httpx.Client, layer: str) -> None:
     request = {
-        "inputs": [
-            {
-                "name": "input",
-                "shape": list(X.shape),
-                "datatype": "FP32",
-                "data": X.ravel().tolist(),
-            }
-        ],
+        "inputs": [fp32_input(X)],
         "outputs": [{"name": "output"}, {"name": "mask"}],
         "parameters": {"training": True, "seed": SEED},
     }

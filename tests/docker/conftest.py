@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -243,15 +243,3 @@ def containers(image: str) -> Iterator[Containers]:
         yield made
     finally:
         made.remove()
-
-
-Poll = Callable[[], bool]
-
-
-def poll(condition: Poll, what: str, attempts: int = 600) -> None:
-    """Wait (boundedly) for ``condition()`` to hold; these waits assert no durations."""
-    for _ in range(attempts):
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"never happened: {what}")

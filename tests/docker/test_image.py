@@ -4,16 +4,16 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.docker.conftest import Containers, image_size, podman, poll
+from tests.api.helpers import fp32_input
+from tests.docker.conftest import Containers, image_size, podman
+from tests.graceful import apply_while_stopping, dropped_whole_at_half
 
 if TYPE_CHECKING:
     from tests.postgres import PostgresServer
@@ -44,14 +44,7 @@ def infer(url: str, model: str, seed: int) -> list[float]:
     answer = httpx.post(
         f"{url}/v2/models/{model}/infer",
         json={
-            "inputs": [
-                {
-                    "name": "input",
-                    "shape": list(X.shape),
-                    "datatype": "FP32",
-                    "data": X.ravel().tolist(),
-                }
-            ],
+            "inputs": [fp32_input(X)],
             "parameters": {"training": True, "seed": seed},
         },
         timeout=30,
@@ -129,52 +122,15 @@ def test_stored_things_survive_a_container_restart(containers: Containers, kind:
     assert read(served.url) == before
 
 
-def _in_progress(url: str) -> float:
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith("spatial_dropout_http_requests_in_progress "):
-            return float(line.split()[1])
-    return 0.0
-
-
-def _refuses_connections(url: str) -> bool:
-    try:
-        httpx.get(f"{url}/healthz", timeout=1)
-    except httpx.TransportError:
-        return True
-    return False
-
-
 def test_sigterm_lets_a_slow_request_finish_with_200_then_exits_0(containers: Containers) -> None:
     served = containers.run()
     assert httpx.post(f"{served.url}/layers", json={"name": "slow", "rate": 0.5}).status_code == 201
-    body = json.dumps({"layer": "slow", "training": True, "seed": 3, "input": X.tolist()}).encode()
-    release = threading.Event()
-
-    def slowly() -> Iterator[bytes]:
-        yield body[: len(body) // 2]
-        release.wait(timeout=90)  # the rest only once the container has been told to stop
-        yield body[len(body) // 2 :]
-
-    def post() -> httpx.Response:
-        headers = {"content-type": "application/json"}
-        return httpx.post(f"{served.url}/apply", content=slowly(), headers=headers, timeout=90)
-
-    try:
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(post)
-            # In flight: the slow request and the scrape asking.
-            poll(lambda: _in_progress(served.url) == 2, "the request reached the app")
-            podman("kill", "--signal", "TERM", served.name)
-            poll(lambda: _refuses_connections(served.url), "the server stopped listening")
-            release.set()
-            response = pending.result(timeout=90)
-    finally:
-        release.set()
+    request = {"layer": "slow", "training": True, "seed": 3, "input": X.tolist()}
+    response = apply_while_stopping(
+        served.url, request, lambda: podman("kill", "--signal", "TERM", served.name), timeout=90
+    )
     assert response.status_code == 200, response.text
-    out = np.asarray(response.json()["output"], dtype=np.float32)
-    # The whole answer: each feature map (sample, channel) kept and doubled, or dropped whole.
-    maps, inputs = (a.transpose(0, 3, 1, 2).reshape(2 * 16, -1) for a in (out, X))
-    assert all(np.array_equal(o, i * 2) or not o.any() for o, i in zip(maps, inputs, strict=True))
+    assert dropped_whole_at_half(response.json()["output"], X)
     assert podman("wait", served.name, timeout=90).strip() == "0", served.logs()
 
 

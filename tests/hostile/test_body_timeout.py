@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import Server, serving
+from tests.hostile.wire import http_request, read_answer
 
 TIMEOUT_SECONDS = 1.0
 
@@ -19,32 +20,18 @@ def impatient(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     yield from serving(tmp_path_factory, "timeout", body_timeout_seconds=TIMEOUT_SECONDS)
 
 
-def _read_answer(sock: socket.socket) -> bytes:
-    answer = b""
-    while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        answer += chunk
-    return answer
-
-
-def _post_head(path: str, length: int, content_type: str) -> bytes:
-    return (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {length}\r\n\r\n"
-    ).encode()
-
-
 @pytest.mark.parametrize(
     ("path", "content_type", "v2"),
     [("/apply", "application/json", False), ("/v2/models/any/infer", "application/json", True)],
 )
 def test_a_stalled_body_gets_408(impatient: Server, path: str, content_type: str, v2: bool) -> None:
     with socket.create_connection(("127.0.0.1", impatient.port), timeout=30) as sock:
-        sock.sendall(_post_head(path, 1000, content_type) + b'{"layer": ')
+        sock.sendall(
+            http_request("POST", path, {"Content-Type": content_type}, content_length=1000)
+            + b'{"layer": '
+        )
         started = time.monotonic()
-        answer = _read_answer(sock)
+        answer = read_answer(sock)
         waited = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
     assert (b'"error"' if v2 else b'"code":"body_timeout"') in answer
@@ -55,10 +42,14 @@ def test_a_stalled_body_gets_408(impatient: Server, path: str, content_type: str
 def test_a_slow_but_steady_body_is_read(impatient: Server) -> None:
     body = b'{"spec": {"rate": 0.5}, "training": false, "input": [[[[1.0, 2.0]]]]}'
     with socket.create_connection(("127.0.0.1", impatient.port), timeout=30) as sock:
-        sock.sendall(_post_head("/apply", len(body), "application/json"))
+        sock.sendall(
+            http_request(
+                "POST", "/apply", {"Content-Type": "application/json"}, content_length=len(body)
+            )
+        )
         for start in range(0, len(body), 20):  # each piece well inside the timeout
             sock.sendall(body[start : start + 20])
             time.sleep(TIMEOUT_SECONDS / 4)
-        answer = _read_answer(sock)
+        answer = read_answer(sock)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
     assert b'"output":[[[[1.0,2.0]]]]' in answer

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from harness.process import rss_bytes
-from tests.conftest import Server
+from tests.conftest import Server, serving
 from tests.hostile.wire import HOST, exchange, rss_peak
 
 TIMEOUT_SECONDS = 2.0
@@ -22,16 +22,13 @@ MIB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server(
-        tmp_path_factory.mktemp("heads") / "layers.sqlite3",
-        env={
-            # The head timeout (10 s by default) must give way to a shorter body timeout.
-            "SPATIAL_DROPOUT_BODY_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS),
-            "SPATIAL_DROPOUT_MAX_HEAD_BYTES": str(HEAD_LIMIT),
-        },
-    ).start()
-    yield server
-    server.stop()
+    # The head timeout (10 s by default) must give way to a shorter body timeout.
+    yield from serving(
+        tmp_path_factory,
+        "heads",
+        body_timeout_seconds=TIMEOUT_SECONDS,
+        max_head_bytes=HEAD_LIMIT,
+    )
 
 
 def _head(*lines: str) -> bytes:

@@ -14,7 +14,7 @@ import pytest
 
 from harness.process import rss_bytes
 from tests.api.helpers import create
-from tests.conftest import Server
+from tests.conftest import Server, serving
 from tests.hostile.wire import HOST, exchange, http_request, rss_peak
 
 MIB = 1024 * 1024
@@ -24,23 +24,18 @@ TIMEOUT_SECONDS = 5
 
 @pytest.fixture(scope="module")
 def budgeted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = Server(
-        tmp_path_factory.mktemp("held") / "layers.sqlite3",
-        env={
-            "SPATIAL_DROPOUT_MAX_PENDING_BODY_BYTES": str(BUDGET),
-            "SPATIAL_DROPOUT_BODY_TIMEOUT_SECONDS": str(TIMEOUT_SECONDS),
-        },
-    ).start()
-    yield server
-    server.stop()
+    yield from serving(
+        tmp_path_factory,
+        "held",
+        max_pending_body_bytes=BUDGET,
+        body_timeout_seconds=TIMEOUT_SECONDS,
+    )
 
 
 @pytest.fixture(scope="module")
 def roomy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A server with the default limits (256 MiB bodies, a 1 GiB budget)."""
-    server = Server(tmp_path_factory.mktemp("roomy") / "layers.sqlite3").start()
-    yield server
-    server.stop()
+    yield from serving(tmp_path_factory, "roomy")
 
 
 def _layer(server: Server) -> str:
@@ -62,16 +57,6 @@ def _npy_head(layer: str, length: int) -> bytes:
         {"Content-Type": "application/x-npy"},
         content_length=length,
     )
-
-
-def _answer(sock: socket.socket) -> bytes:
-    answer = b""
-    while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        answer += chunk
-    return answer
 
 
 def test_announced_bodies_that_never_come_cost_nothing(roomy: Server) -> None:

@@ -79,6 +79,18 @@ def http_request(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
+def read_answer(sock: socket.socket) -> bytes:
+    """The raw bytes of one JSON answer on a connection kept open: read until a head and a
+    body ending in ``}`` have come, or the server closes."""
+    answer = b""
+    while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+        got = sock.recv(65536)
+        if not got:
+            break
+        answer += got
+    return answer
+
+
 def chunk(data: bytes) -> bytes:
     """One chunk of a chunked body."""
     return f"{len(data):x}\r\n".encode() + data + b"\r\n"

@@ -20,9 +20,9 @@ from numpy.typing import NDArray
 from service.cli import main
 from service.compose import RECORD_KEY, compose, read_record
 from service.core import kernel
-from service.core.config import DataFormat, Kind
-from service.layers.resolve import ResolvedSpec, dropout_config
-from tests.onnx.torch_models import EXPORTERS, NAMES, exported, image, run
+from service.core.config import Kind
+from service.layers.resolve import dropout_config
+from tests.onnx.torch_models import EXPORTERS, NAMES, exported, image, run, spec
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="default_random_engine is libstdc++'s only"
@@ -32,20 +32,6 @@ CASES = [(name, exporter, opset) for name in NAMES for exporter, opset in EXPORT
 IDS = [f"{name}-{exporter}" for name, exporter, _ in CASES]
 MAX_NODES = 10_000
 TRAIN = {"training_mode": np.array(True)}
-
-
-def spec(kind: Kind = Kind.SPATIAL_2D, rate: float = 0.5, name: str = "sd") -> ResolvedSpec:
-    return ResolvedSpec(
-        kind=kind,
-        rate=rate,
-        data_format=None if kind is Kind.DROPOUT else DataFormat.CHANNELS_FIRST,
-        batch_size=None,
-        name=name,
-        trainable=True,
-        seed=None,
-        dtype=None,
-        noise_shape=None,
-    )
 
 
 SD2D = spec()

@@ -17,7 +17,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from service.compose import RECORD_KEY, compose
 from service.compose.wire import count_nodes
-from service.core.config import DataFormat, Kind
 from service.errors import (
     AmbiguousInsertionPoint,
     ExternalData,
@@ -31,20 +30,10 @@ from service.errors import (
     UnknownTensor,
     UnsupportedOnnxDtype,
 )
-from service.layers.resolve import ResolvedSpec
 from service.onnx.export import supported_opsets
+from tests.onnx.torch_models import spec
 
-SD2D = ResolvedSpec(
-    kind=Kind.SPATIAL_2D,
-    rate=0.5,
-    data_format=DataFormat.CHANNELS_FIRST,
-    batch_size=None,
-    name="sd",
-    trainable=True,
-    seed=None,
-    dtype=None,
-    noise_shape=None,
-)
+SD2D = spec()
 MAX_NODES = 10_000
 
 

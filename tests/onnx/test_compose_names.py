@@ -18,25 +18,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 from service.compose import compose, read_record
 from service.core import kernel
-from service.core.config import DataFormat, Kind
-from service.layers.resolve import ResolvedSpec, dropout_config
-from tests.onnx.torch_models import run
+from service.core.config import DataFormat
+from service.layers.resolve import dropout_config
+from tests.onnx.torch_models import run, spec
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="default_random_engine is libstdc++'s only"
 )
 
-SD2D = ResolvedSpec(
-    kind=Kind.SPATIAL_2D,
-    rate=0.5,
-    data_format=DataFormat.CHANNELS_LAST,
-    batch_size=None,
-    name="sd",
-    trainable=True,
-    seed=None,
-    dtype=None,
-    noise_shape=None,
-)
+SD2D = spec(data_format=DataFormat.CHANNELS_LAST)
 SHAPE = ["N", 3, 3, 6]
 DOMAIN = "com.example"
 

@@ -1,4 +1,5 @@
-"""Models the compose tests export themselves with torch.onnx, once per process (slow)."""
+"""Models the compose tests export themselves with torch.onnx, once per process (slow), and
+the layer they insert."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from numpy.typing import NDArray
+
+from service.core.config import DataFormat, Kind
+from service.layers.resolve import ResolvedSpec
 
 #: (exporter, opset): the TorchScript exporter at 17, the dynamo exporter at its default.
 EXPORTERS: list[tuple[str, int | None]] = [("torchscript", 17), ("dynamo", None)]
@@ -88,3 +92,23 @@ def run(
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     outputs: list[NDArray[Any]] = session.run(None, feeds)
     return outputs
+
+
+def spec(
+    kind: Kind = Kind.SPATIAL_2D,
+    rate: float = 0.5,
+    name: str = "sd",
+    data_format: DataFormat = DataFormat.CHANNELS_FIRST,
+) -> ResolvedSpec:
+    """A layer to insert, unseeded; plain dropout has no data format."""
+    return ResolvedSpec(
+        kind=kind,
+        rate=rate,
+        data_format=None if kind is Kind.DROPOUT else data_format,
+        batch_size=None,
+        name=name,
+        trainable=True,
+        seed=None,
+        dtype=None,
+        noise_shape=None,
+    )

@@ -29,7 +29,7 @@ import pytest
 
 from service.store.database import Database
 from tests.conftest import Server
-from tests.postgres import PostgresServer, find_bindir
+from tests.postgres import PostgresServer, require_bindir
 
 pytestmark = pytest.mark.e2e
 
@@ -134,11 +134,7 @@ class Service:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    bindir = find_bindir()
-    if bindir is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is not installed: .ci/run installs Debian's postgresql")
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
+    bindir = require_bindir()
     pg = DurablePostgres(bindir).start()
     try:
         with psycopg.connect(pg.url(), autocommit=True) as conn:
