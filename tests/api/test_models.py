@@ -3,6 +3,7 @@ composed from a torch export, against onnxruntime on the composed file itself.""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import sys
 import threading
@@ -342,8 +343,6 @@ def test_concurrent_puts_deletes_and_infers_of_one_name(
     if final.status_code == 200:
         data = api.get(f"/models/{name}/onnx").content
         assert data in models
-        import hashlib
-
         assert final.json()["sha256"] == hashlib.sha256(data).hexdigest()
 
 
