@@ -141,8 +141,12 @@ def list_models(
     plane: DataPlane = request.app.state.plane
     if page.next_cursor is None and plane.repository is not None:
         for name in plane.repository.names():
-            ref = plane.model_ref(name)
-            items.append(_description(name, plane.model_info(ref).as_dict(), None, True))
+            try:
+                ref = plane.model_ref(name)
+                info = plane.model_info(ref).as_dict()
+            except errors.ServiceError:  # too large or not a model: GET /models/{name} says
+                continue
+            items.append(_description(name, info, None, True))
     return ModelPage(items=items, next_cursor=page.next_cursor)
 
 
