@@ -100,6 +100,7 @@ def test_the_wheel_serves_from_a_clean_virtualenv(tmp_path: Path) -> None:
         SPATIAL_DROPOUT_HOST="127.0.0.1",
         SPATIAL_DROPOUT_PORT=str(port),
         SPATIAL_DROPOUT_WORKERS="1",
+        SPATIAL_DROPOUT_GRPC_PORT="0",  # 8001 may be another test's
         SPATIAL_DROPOUT_DATABASE_URL=f"sqlite:///{data}/layers.sqlite3",
     )
     served = Child(
