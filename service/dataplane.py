@@ -21,7 +21,17 @@ from service import errors, telemetry
 from service.compose import compose
 from service.core import kernel
 from service.core.config import DataFormat, DropoutConfig
+from service.core.dtypes import V2_DATATYPES
+from service.inference import (
+    MODEL_VERSION,
+    PLATFORM,
+    InferRequest,
+    InferResult,
+    ModelMetadata,
+    TensorMetadata,
+)
 from service.layers.resolve import ResolvedSpec, dropout_config, resolve_body
+from service.layers.signature import signature
 from service.layers.spec import KerasLayerConfig, Layer, LayerCreate
 from service.onnx.engine import OnnxEngine
 from service.params import Engine
@@ -38,8 +48,10 @@ DRAWN_SEED_BITS: Final = 53
 #: work (tens of microseconds of decoding and dropout), and the loop is not held for long.
 INLINE_BYTES: Final = 64 * 1024
 
-#: Layers are not versioned; the Open Inference Protocol wants a version, so each has one.
-MODEL_VERSION: Final = "1"
+#: The outputs a layer served as a model has: the result, and its keep mask on request.
+LAYER_OUTPUT: Final = "output"
+LAYER_MASK: Final = "mask"
+LAYER_OUTPUTS: Final = (LAYER_OUTPUT, LAYER_MASK)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +90,27 @@ def layer_name(layer: Layer | ResolvedSpec) -> str | None:
     """A stored layer's name; an inline spec's own name, or None: nothing was stored, so a
     generated name would name no layer."""
     return layer.name
+
+
+def layer_metadata(layer: Layer) -> ModelMetadata:
+    """A stored layer served as a model: its one input, its output and keep mask."""
+    sig = signature(layer)
+    datatype = V2_DATATYPES.get(sig.dtype, "FP32")
+    return ModelMetadata(
+        name=layer.name,
+        versions=(MODEL_VERSION,),
+        platform=PLATFORM,
+        inputs=(TensorMetadata("input", datatype, tuple(sig.input_shape)),),
+        outputs=(
+            TensorMetadata(LAYER_OUTPUT, datatype, tuple(sig.input_shape)),
+            TensorMetadata(LAYER_MASK, "BOOL", tuple(sig.mask_shape)),
+        ),
+        parameters={
+            "kind": layer.kind.value,
+            "rate": layer.rate,
+            "data_format": layer.data_format and layer.data_format.value,
+        },
+    )
 
 
 class DataPlane:
@@ -139,6 +172,62 @@ class DataPlane:
         if version is not None and version != MODEL_VERSION:
             raise errors.ModelVersionNotFound(name, version)
         return layer
+
+    async def model_ready(self, name: str, version: str | None = None) -> bool:
+        """Whether model ``name`` can answer infer calls (raises ModelNotFound-like errors
+        when there is no such model)."""
+        await self.model(name, version)
+        return True
+
+    async def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
+        """The protocol's metadata of model ``name``: its inputs and outputs."""
+        return layer_metadata(await self.model(name, version))
+
+    async def infer(self, name: str, version: str | None, request: InferRequest) -> InferResult:
+        """Run model ``name`` on ``request``: in a worker thread for a large request."""
+        layer = await self.model(name, version)
+        return await self.run(request.nbytes, self.infer_layer, layer, request)
+
+    def infer_layer(self, layer: Layer, request: InferRequest) -> InferResult:
+        """A layer as a model: one input, outputs ``output`` and (when asked) ``mask``.
+
+        The input is given up: the kernel may write its answer over it.
+        """
+        if len(request.inputs) != 1:
+            raise errors.InvalidInferRequest(
+                "A layer model takes exactly one input tensor in `inputs`."
+            )
+        wanted = request.outputs or (LAYER_OUTPUT,)
+        for out in wanted:
+            if out not in LAYER_OUTPUTS:
+                raise errors.InvalidInferRequest(
+                    f"Unknown output {out!r}; a layer model has outputs {', '.join(LAYER_OUTPUTS)}."
+                )
+        params = request.parameters
+        if params.mc_samples is not None or params.mc_statistics:
+            raise errors.InvalidInferRequest(
+                f"{layer.name!r} is a layer: mc_samples and mc_statistics apply to models."
+            )
+        (x,) = request.inputs.values()
+        applied = self.apply(
+            layer,
+            x,
+            training=params.training,
+            seed=params.seed,
+            sample_offset=params.sample_offset,
+            engine=params.engine,
+            in_place=True,
+        )
+        produced = {LAYER_OUTPUT: applied.output}
+        if LAYER_MASK in wanted:
+            produced[LAYER_MASK] = applied.mask_matrix()
+        return InferResult(
+            model_name=layer.name,
+            model_version=MODEL_VERSION,
+            request_id=request.request_id,
+            parameters={"seed": applied.seed, "training": params.training},
+            outputs={out: produced[out] for out in wanted},
+        )
 
     def inline(self, spec: LayerCreate | KerasLayerConfig) -> ResolvedSpec:
         """A layer given in the request itself, checked and resolved as ``POST /layers`` does."""

@@ -421,3 +421,51 @@ class TensorRankMismatch(RankMismatch):
             f'Layer "{layer}" takes inputs of rank {expected}, but the model\'s tensor '
             f"{tensor!r} has rank {len(dims)}: shape ({shape}).",
         )
+
+
+class ModelNotFound(ServiceError):
+    status, code, title = 404, "model_not_found", "Model not found"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"No model or layer is named {name!r}.")
+        self.ref = name
+
+
+class NotComposed(ServiceError):
+    status, code, title = 422, "not_composed", "The model has no dropout layer inserted"
+
+    def __init__(self, name: str, what: str) -> None:
+        super().__init__(
+            f"{what}, and model {name!r} has no spatial dropout layer inserted: its training "
+            "passes would all be one answer. Compose a layer into it (POST /layers/{ref}/compose)."
+        )
+
+
+class TooManyMcSamples(ServiceError):
+    status, code, title = 422, "too_many_mc_samples", "Too many Monte Carlo samples"
+
+    def __init__(self, asked: int, limit: int) -> None:
+        super().__init__(f"mc_samples is {asked}; the server allows 1 to {limit}.")
+
+
+class AnswerTooLarge(ServiceError):
+    status, code, title = 413, "answer_too_large", "The answer would be too large"
+
+    def __init__(self, elements: int, limit: int) -> None:
+        super().__init__(
+            f"The answer would hold {elements} elements, more than the limit of {limit}: "
+            "ask for fewer mc_samples or a smaller batch."
+        )
+
+
+class ModelLoadFailed(ServiceError):
+    status, code, title = 422, "model_not_loadable", "onnxruntime cannot load the model"
+
+
+class ReadOnlyModel(ServiceError):
+    status, code, title = 409, "read_only_model", "The model comes from the model repository"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"Model {name!r} is served from the read-only model repository; change it there."
+        )

@@ -25,6 +25,7 @@ __all__ = [
     "INTEGRAL",
     "SEED_LIMIT",
     "Engine",
+    "McSamples",
     "Opset",
     "SampleOffset",
     "Seed",
@@ -71,6 +72,15 @@ SampleOffset = Annotated[
         lt=OFFSET_LIMIT,
         strict=True,
         description="Index of the first sample in the whole batch (for split batches).",
+    ),
+    INTEGRAL,
+]
+McSamples = Annotated[
+    int,
+    Field(
+        ge=1,
+        strict=True,
+        description="Monte Carlo samples T (at most the server's max_mc_samples).",
     ),
     INTEGRAL,
 ]

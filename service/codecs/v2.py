@@ -7,13 +7,14 @@ client sends none, its aio client sends ``application/octet-stream`` even for pu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, NotRequired
 
 import numpy as np
 import orjson
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticValidationError
 from typing_extensions import TypedDict
 
@@ -28,14 +29,13 @@ from service.errors import (
     ShapeMismatch,
     UnsupportedDtype,
 )
-from service.params import INTEGRAL, Engine, SampleOffset, Seed, Training
+from service.inference import InferParameters, InferRequest, InferResult, Parameter
+from service.params import INTEGRAL
 
 #: The outputs a layer model has: the result, and its keep mask on request.
 OUTPUT: Final = "output"
 MASK: Final = "mask"
 OUTPUT_NAMES: Final = (OUTPUT, MASK)
-
-Parameter = StrictBool | StrictInt | StrictFloat | StrictStr
 
 #: An infer request, for the schema's examples and the route's documentation.
 INFER_REQUEST_EXAMPLE: Final[dict[str, Any]] = {
@@ -73,26 +73,11 @@ class V2InputTensor(BaseModel):
 class V2RequestedOutput(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    name: str = Field(json_schema_extra={"enum": list(OUTPUT_NAMES)})
+    name: str = Field(
+        description="An output of the model (a layer model: output, mask; with "
+        "mc_statistics: OUT_mean, OUT_variance)."
+    )
     parameters: dict[str, Parameter] | None = None
-
-
-class InferParameters(BaseModel):
-    """The request parameters a layer model reads; others are allowed and ignored."""
-
-    model_config = ConfigDict(extra="allow")
-    __pydantic_extra__: dict[str, Parameter] = Field(init=False)
-
-    training: Training = False
-    seed: Seed | None = Field(
-        default=None,
-        description="Seed of the mask; default: the layer's seed, else one the server draws.",
-    )
-    sample_offset: SampleOffset = 0
-    engine: Engine = "numpy"
-    binary_data_output: StrictBool = Field(
-        default=False, description="Answer every output as binary data (unless it says)."
-    )
 
 
 class V2InferRequest(BaseModel):
@@ -106,7 +91,7 @@ class V2InferRequest(BaseModel):
     id: str | None = None
     parameters: InferParameters | None = None
     inputs: list[V2InputTensor] = Field(
-        min_length=1, max_length=1, description="A layer model takes one input."
+        min_length=1, description="The model's inputs by name (a layer model takes one)."
     )
     outputs: list[V2RequestedOutput] | None = None
 
@@ -139,12 +124,17 @@ class WantedOutput:
 
 @dataclass(frozen=True, slots=True)
 class DecodedInfer:
-    """What an infer request asks for, checked."""
+    """An infer request, checked, and how each wanted output goes back on this transport
+    (``outputs`` empty: the model's default outputs, binary when binary_data_output says)."""
 
-    request_id: str | None
-    tensor: NDArray[Any]
-    parameters: InferParameters
+    request: InferRequest
     outputs: tuple[WantedOutput, ...]
+
+    def binary(self, name: str) -> bool:
+        for wanted in self.outputs:
+            if wanted.name == name:
+                return wanted.binary
+        return self.request.parameters.binary_data_output
 
 
 def split_body(
@@ -176,7 +166,8 @@ def split_body(
 def decode_infer(
     body: bytes | bytearray | memoryview, header_length: str | None, *, max_elements: int
 ) -> DecodedInfer:
-    """Check an infer request and decode its one input tensor (JSON or binary)."""
+    """Check an infer request and decode its input tensors (JSON or binary), at most
+    ``max_elements`` elements in all."""
     head, tail = split_body(body, header_length)
     try:
         payload = orjson.loads(head)
@@ -185,30 +176,70 @@ def decode_infer(
     if not isinstance(payload, dict):
         raise InvalidInferRequest("The inference request must be a JSON object.")
     inputs = payload.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise InvalidInferRequest("A layer model takes exactly one input tensor in `inputs`.")
-    data = inputs[0].pop("data", None)
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(i, dict) for i in inputs):
+        raise InvalidInferRequest("`inputs` must be a non-empty list of input tensors.")
+    data = [entry.pop("data", None) for entry in inputs]
     try:
         request = V2InferRequest.model_validate(payload)
     except PydanticValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidInferRequest(f"{where}: {first['msg']}.") from None
-    spec = request.inputs[0]
+    _check_binary_sizes(request.inputs, len(tail))
     no_booleans = not may_hold_booleans(head, payload)
-    tensor = _input_tensor(spec, data, tail, max_elements, no_booleans)
+    tensors: dict[str, NDArray[Any]] = {}
+    budget = max_elements
+    offset = 0
+    for index, (spec, values) in enumerate(zip(request.inputs, data, strict=True)):
+        if spec.name in tensors:
+            raise InvalidInferRequest(f"Input {spec.name!r} is given twice.")
+        tensor, used = _input_tensor(spec, index, values, tail[offset:], budget, no_booleans)
+        offset += used
+        budget -= tensor.size
+        tensors[spec.name] = tensor
+    if offset != len(tail):
+        raise InvalidInferRequest(
+            f"{len(tail)} bytes follow the inference header, but the inputs' "
+            f"parameters.binary_data_size account for {offset}."
+        )
     params = request.parameters or InferParameters()
+    wanted = _wanted_outputs(request, params.binary_data_output)
     return DecodedInfer(
-        request_id=request.id,
-        tensor=tensor,
-        parameters=params,
-        outputs=_wanted_outputs(request, params.binary_data_output),
+        request=InferRequest(
+            request_id=request.id,
+            inputs=tensors,
+            parameters=params,
+            outputs=tuple(w.name for w in wanted) or None,
+        ),
+        outputs=wanted,
     )
 
 
+def _check_binary_sizes(inputs: list[V2InputTensor], tail: int) -> None:
+    """The declared binary sizes must add up to the binary tail, before any is decoded."""
+    sizes = [(i.parameters or {}).get("binary_data_size") for i in inputs]
+    declared = [s for s in sizes if isinstance(s, int) and not isinstance(s, bool) and s >= 0]
+    if not declared or len(declared) != sum(s is not None for s in sizes):
+        return  # none binary, or a malformed size (refused with its input)
+    total = sum(declared)
+    if total != tail:
+        what = (
+            f"binary_data_size is {total}"
+            if len(declared) == 1
+            else (f"The inputs' binary_data_size add up to {total}")
+        )
+        raise InvalidInferRequest(f"{what}, but {tail} bytes follow the inference header.")
+
+
 def _input_tensor(
-    spec: V2InputTensor, data: object, tail: memoryview, max_elements: int, no_booleans: bool
-) -> NDArray[Any]:
+    spec: V2InputTensor,
+    index: int,
+    data: object,
+    tail: memoryview,
+    max_elements: int,
+    no_booleans: bool,
+) -> tuple[NDArray[Any], int]:
+    """Input ``index`` and how many bytes of the binary tail (from its start) it takes."""
     name = FROM_V2.get(spec.datatype)
     if name is None:
         raise UnsupportedDtype(spec.datatype)
@@ -216,21 +247,17 @@ def _input_tensor(
     count = check_shape(shape, max_elements)
     size = (spec.parameters or {}).get("binary_data_size")
     if size is None:
-        if len(tail):
-            raise InvalidInferRequest(
-                f"{len(tail)} bytes follow the inference header, but no input declares "
-                "parameters.binary_data_size."
-            )
         if data is None:
             raise InvalidInferRequest(f"Input {spec.name!r} has neither data nor binary data.")
-        return _json_tensor(data, shape, name, max_elements, no_booleans)
+        return _json_tensor(data, shape, name, max_elements, no_booleans, index), 0
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise InvalidInferRequest("parameters.binary_data_size must be a non-negative integer.")
     if data is not None:
         raise InvalidInferRequest(f"Input {spec.name!r} has both data and binary_data_size.")
-    if size != len(tail):
+    if size > len(tail):
         raise InvalidInferRequest(
-            f"binary_data_size is {size}, but {len(tail)} bytes follow the inference header."
+            f"binary_data_size is {size}, but only {len(tail)} bytes of the binary data "
+            f"are left for input {spec.name!r}."
         )
     dtype = DTYPES[name].newbyteorder("<")
     if size != count * dtype.itemsize:
@@ -238,11 +265,16 @@ def _input_tensor(
             f"Shape {format_shape(shape)} of {spec.datatype} needs {count * dtype.itemsize} "
             f"bytes, but binary_data_size is {size}."
         )
-    return np.frombuffer(tail, dtype=dtype).reshape(shape)
+    return np.frombuffer(tail[:size], dtype=dtype).reshape(shape), size
 
 
 def _json_tensor(
-    data: object, shape: tuple[int, ...], name: str, max_elements: int, no_booleans: bool
+    data: object,
+    shape: tuple[int, ...],
+    name: str,
+    max_elements: int,
+    no_booleans: bool,
+    index: int,
 ) -> NDArray[Any]:
     """An input's ``data``: flat in row-major order, or nested lists of the declared shape.
 
@@ -266,10 +298,12 @@ def _json_tensor(
             name,
             max_elements=max_elements,
             no_booleans=no_booleans,
-            field="inputs[0].data",
+            field=f"inputs[{index}].data",
         )
     except RequestValidation as exc:
-        raise InvalidInferRequest(exc.detail.replace("'input'", "'inputs[0].data'")) from None
+        raise InvalidInferRequest(
+            exc.detail.replace("'input'", f"'inputs[{index}].data'")
+        ) from None
 
 
 def _bool_param(params: dict[str, Any], key: str, default: bool) -> bool:
@@ -280,38 +314,29 @@ def _bool_param(params: dict[str, Any], key: str, default: bool) -> bool:
 
 
 def _wanted_outputs(request: V2InferRequest, default_binary: bool) -> tuple[WantedOutput, ...]:
-    if not request.outputs:
-        return (WantedOutput(OUTPUT, default_binary),)
+    """The outputs the request names (which the model checks), each binary or JSON."""
     wanted = []
-    for out in request.outputs:
-        if out.name not in OUTPUT_NAMES:
-            raise InvalidInferRequest(
-                f"Unknown output {out.name!r}; a layer model has outputs {', '.join(OUTPUT_NAMES)}."
-            )
+    for out in request.outputs or ():
         binary = _bool_param(out.parameters or {}, "binary_data", default_binary)
         wanted.append(WantedOutput(out.name, binary))
     return tuple(wanted)
 
 
 def encode_infer(
-    *,
-    model_name: str,
-    model_version: str = "1",
-    request_id: str | None,
-    parameters: dict[str, Parameter],
-    tensors: list[tuple[WantedOutput, NDArray[Any]]],
+    result: InferResult, binary: Callable[[str], bool]
 ) -> tuple[list[bytes | memoryview], int | None]:
     """The response body, as parts to send in order (binary outputs are views of the arrays,
-    not copies), and, when any output is binary, its JSON header's length."""
+    not copies), and, when any output is binary, its JSON header's length. ``binary(name)``
+    says whether output ``name`` goes in the binary tail."""
     outputs: list[V2OutputTensor] = []
     blobs: list[bytes | memoryview] = []
-    for wanted, array in tensors:
+    for name, array in result.outputs.items():
         entry: V2OutputTensor = {
-            "name": wanted.name,
+            "name": name,
             "shape": list(array.shape),
             "datatype": _v2_datatype(array),
         }
-        if wanted.binary:
+        if binary(name):
             raw = _little_endian(array)
             entry["parameters"] = {"binary_data_size": raw.nbytes}
             blobs.append(raw)
@@ -319,13 +344,13 @@ def encode_infer(
             entry["data"] = _json_ready(array)
         outputs.append(entry)
     header: V2InferResponse = {
-        "model_name": model_name,
-        "model_version": model_version,
-        "parameters": parameters,
+        "model_name": result.model_name,
+        "model_version": result.model_version,
+        "parameters": result.parameters,
         "outputs": outputs,
     }
-    if request_id is not None:
-        header["id"] = request_id
+    if result.request_id is not None:
+        header["id"] = result.request_id
     head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return [head], None

@@ -29,6 +29,7 @@ from service.codecs.npy import decode_npy, encode_npy
 from service.codecs.v2 import WantedOutput, decode_infer, encode_infer, split_body
 from service.core.dtypes import DTYPES, V2_DATATYPES
 from service.errors import InvalidJson, ServiceError
+from service.inference import InferResult
 
 LIMIT = 4096  # elements: small, so that huge claims are refused rather than allocated
 FUZZ = settings(
@@ -243,11 +244,13 @@ def test_hostile_infer_requests_fail_only_with_service_errors(
         decoded = decode_infer(body, header, max_elements=LIMIT)
     except ServiceError:
         return
-    assert decoded.tensor.size <= LIMIT
-    assert decoded.tensor.dtype in set(DTYPES.values()) | {
-        dt.newbyteorder("<") for dt in DTYPES.values()
-    }
-    assert decoded.outputs and all(out.name in ("output", "mask") for out in decoded.outputs)
+    tensors = decoded.request.inputs.values()
+    assert tensors and sum(tensor.size for tensor in tensors) <= LIMIT
+    assert all(
+        tensor.dtype in set(DTYPES.values()) | {dt.newbyteorder("<") for dt in DTYPES.values()}
+        for tensor in tensors
+    )
+    assert decoded.request.outputs == (tuple(o.name for o in decoded.outputs) or None)
 
 
 @FUZZ
@@ -288,9 +291,10 @@ def test_infer_requests_decode_bit_exactly(array: NDArray[Any], binary: bool) ->
         # JSON has no NaN or infinity: orjson writes them as null, which the decoder refuses.
         assert not binary and not finite
         return
-    assert decoded.tensor.shape == array.shape
-    assert decoded.tensor.dtype.newbyteorder("=") == array.dtype
-    np.testing.assert_array_equal(bits(decoded.tensor), bits(array))
+    (tensor,) = decoded.request.inputs.values()
+    assert tensor.shape == array.shape
+    assert tensor.dtype.newbyteorder("=") == array.dtype
+    np.testing.assert_array_equal(bits(tensor), bits(array))
 
 
 def _joined(content: object) -> bytes:
@@ -310,9 +314,8 @@ def test_infer_responses_carry_every_output_bit_exactly(
     tensors = [(WantedOutput("output", binary[0]), array)]
     if len(binary) > 1:
         tensors.append((WantedOutput("mask", binary[1]), mask))
-    content, header_size = encode_infer(
-        model_name="m", request_id=request_id, parameters={"seed": 7}, tensors=tensors
-    )
+    result = InferResult("m", "1", request_id, {"seed": 7}, {w.name: t for w, t in tensors})
+    content, header_size = encode_infer(result, {w.name: w.binary for w, _ in tensors}.__getitem__)
     body = _joined(content)
     assert (header_size is not None) == any(binary)
     head = orjson.loads(body[:header_size] if header_size is not None else body)

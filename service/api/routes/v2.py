@@ -15,14 +15,12 @@ from service.api.bodies import BuffersResponse, read_body
 from service.api.deps import PlaneDep, StoreDep, plane_of
 from service.api.encoding import decode_content
 from service.api.routing import RawRoute, path_parameter
-from service.codecs.v2 import INFER_REQUEST_EXAMPLE, MASK, OUTPUT, decode_infer, encode_infer
-from service.core.dtypes import V2_DATATYPES
-from service.dataplane import MODEL_VERSION, DataPlane
-from service.layers.signature import signature
-from service.layers.spec import Layer
+from service.codecs.v2 import INFER_REQUEST_EXAMPLE, DecodedInfer, decode_infer, encode_infer
+from service.dataplane import DataPlane
+from service.inference import PLATFORM, InferResult
 
 HEADER_LENGTH: Final = "Inference-Header-Content-Length"
-SERVER_NAME: Final = "spatial-dropout"
+SERVER_NAME: Final = PLATFORM
 
 _TAG: Final = "v2 (Open Inference Protocol)"
 router = APIRouter(prefix="/v2", tags=[_TAG])
@@ -87,33 +85,13 @@ _METADATA_EXAMPLE = {
 }
 
 
-def _metadata(layer: Layer) -> dict[str, Any]:
-    sig = signature(layer)
-    datatype = V2_DATATYPES.get(sig.dtype, "FP32")
-    return {
-        "name": layer.name,
-        "versions": [MODEL_VERSION],
-        "platform": SERVER_NAME,
-        "parameters": {
-            "kind": layer.kind.value,
-            "rate": layer.rate,
-            "data_format": layer.data_format and layer.data_format.value,
-        },
-        "inputs": [{"name": "input", "datatype": datatype, "shape": sig.input_shape}],
-        "outputs": [
-            {"name": OUTPUT, "datatype": datatype, "shape": sig.input_shape},
-            {"name": MASK, "datatype": "BOOL", "shape": sig.mask_shape},
-        ],
-    }
-
-
 @router.get(
     "/models/{name}",
     summary="Model metadata",
     responses={200: _ok(_METADATA_EXAMPLE), 404: _V2_ERROR},
 )
 async def model_metadata(name: ModelName, plane: PlaneDep) -> dict[str, Any]:
-    return _metadata(await plane.model(name))
+    return (await plane.model_metadata(name)).as_dict()
 
 
 @router.get(
@@ -124,7 +102,7 @@ async def model_metadata(name: ModelName, plane: PlaneDep) -> dict[str, Any]:
 async def model_version_metadata(
     name: ModelName, version: ModelVersion, plane: PlaneDep
 ) -> dict[str, Any]:
-    return _metadata(await plane.model(name, version))
+    return (await plane.model_metadata(name, version)).as_dict()
 
 
 @router.get(
@@ -133,7 +111,7 @@ async def model_version_metadata(
     responses={200: _ok({"name": "sd", "ready": True}), 404: _V2_ERROR},
 )
 async def model_ready(name: ModelName, plane: PlaneDep) -> dict[str, Any]:
-    return {"name": (await plane.model(name)).name, "ready": True}
+    return {"name": name, "ready": await plane.model_ready(name)}
 
 
 @router.get(
@@ -144,7 +122,7 @@ async def model_ready(name: ModelName, plane: PlaneDep) -> dict[str, Any]:
 async def model_version_ready(
     name: ModelName, version: ModelVersion, plane: PlaneDep
 ) -> dict[str, Any]:
-    return {"name": (await plane.model(name, version)).name, "ready": True}
+    return {"name": name, "ready": await plane.model_ready(name, version)}
 
 
 _INFER_BODY: Final[dict[str, Any]] = {
@@ -213,48 +191,29 @@ async def infer(request: Request) -> Response:
     """Both infer routes: the model's name, and its version when the path has one."""
     plane = plane_of(request)
     body = await read_body(request)  # writable: the kernel answers in place in a binary tail
-    params = request.path_params
-    layer = await plane.model(params["name"], params.get("version"))
-    return await plane.run(
+    name, version = request.path_params["name"], request.path_params.get("version")
+    await plane.model_ready(name, version)  # an unknown model is a 404 whatever the body
+    decoded = await plane.run(
         len(body),
-        _run,
+        _decode,
         plane,
-        layer,
         body,
         request.headers.get("content-encoding"),
         request.headers.get(HEADER_LENGTH),
     )
+    result = await plane.infer(name, version, decoded.request)
+    return await plane.run(result.nbytes, _encode, result, decoded)
 
 
-def _run(
-    plane: DataPlane,
-    layer: Layer,
-    body: bytearray,
-    encoding: str | None,
-    header_length: str | None,
-) -> Response:
+def _decode(
+    plane: DataPlane, body: bytearray, encoding: str | None, header_length: str | None
+) -> DecodedInfer:
     data = decode_content(body, encoding, plane.limits.max_body_bytes)
-    request = decode_infer(data, header_length, max_elements=plane.limits.max_tensor_elements)
-    params = request.parameters
-    applied = plane.apply(
-        layer,
-        request.tensor,
-        training=params.training,
-        seed=params.seed,
-        sample_offset=params.sample_offset,
-        engine=params.engine,
-        in_place=True,
-    )
-    produced = {OUTPUT: applied.output}
-    if any(wanted.name == MASK for wanted in request.outputs):
-        produced[MASK] = applied.mask_matrix()
-    parts, header_size = encode_infer(
-        model_name=layer.name,
-        model_version=MODEL_VERSION,
-        request_id=request.request_id,
-        parameters={"seed": applied.seed, "training": params.training},
-        tensors=[(wanted, produced[wanted.name]) for wanted in request.outputs],
-    )
+    return decode_infer(data, header_length, max_elements=plane.limits.max_tensor_elements)
+
+
+def _encode(result: InferResult, decoded: DecodedInfer) -> Response:
+    parts, header_size = encode_infer(result, decoded.binary)
     if header_size is None:
         return BuffersResponse(parts, media_type="application/json")
     return BuffersResponse(
