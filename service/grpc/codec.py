@@ -18,20 +18,12 @@ from numpy.typing import NDArray
 from pydantic import ValidationError as PydanticValidationError
 
 from service.codecs.npy import check_shape, format_shape
-from service.codecs.v2 import (
-    MASK,
-    OUTPUT,
-    OUTPUT_NAMES,
-    DecodedInfer,
-    InferParameters,
-    WantedOutput,
-    _little_endian,
-    _v2_datatype,
-)
+from service.codecs.v2 import _little_endian, _v2_datatype
 from service.core.dtypes import DTYPES, FROM_V2
 from service.errors import InvalidInferRequest, ShapeMismatch, UnsupportedDtype
 from service.grpc.proto import inference_pb2 as pb
 from service.grpc.wire import field_header, split_field
+from service.inference import InferParameters, InferRequest, InferResult
 
 #: Field numbers of ModelInferRequest.raw_input_contents, ModelInferResponse.raw_output_contents.
 RAW_INPUT_FIELD: Final = 7
@@ -84,10 +76,16 @@ def read_infer(data: bytes) -> tuple[pb.ModelInferRequest, list[memoryview]]:
 
 def decode_infer(
     request: pb.ModelInferRequest, raws: Sequence[memoryview], *, max_elements: int
-) -> DecodedInfer:
-    """What a ModelInfer call asks for, checked."""
-    if len(request.inputs) != 1:
-        raise InvalidInferRequest("A layer model takes exactly one input tensor in `inputs`.")
+) -> InferRequest:
+    """What a ModelInfer call asks for, checked: its inputs, at most ``max_elements``
+    elements in all, raw (every input, in order) or typed."""
+    if not request.inputs:
+        raise InvalidInferRequest("`inputs` must be a non-empty list of input tensors.")
+    if raws and len(raws) != len(request.inputs):
+        raise InvalidInferRequest(
+            f"raw_input_contents has {len(raws)} entries for {len(request.inputs)} inputs: "
+            "send every input raw, or none."
+        )
     try:
         params = InferParameters.model_validate(
             {key: parameter_value(value) for key, value in request.parameters.items()}
@@ -96,17 +94,27 @@ def decode_infer(
         first = exc.errors()[0]
         where = ".".join(str(p) for p in ("parameters", *first["loc"]))
         raise InvalidInferRequest(f"{where}: {first['msg']}.") from None
-    tensor = _input_tensor(request.inputs[0], raws, max_elements)
-    return DecodedInfer(
+    tensors: dict[str, NDArray[Any]] = {}
+    budget = max_elements
+    for index, spec in enumerate(request.inputs):
+        if spec.name in tensors:
+            raise InvalidInferRequest(f"Input {spec.name!r} is given twice.")
+        tensor = _input_tensor(spec, index, raws[index] if raws else None, budget)
+        budget -= tensor.size
+        tensors[spec.name] = tensor
+    return InferRequest(
         request_id=request.id or None,
-        tensor=tensor,
+        inputs=tensors,
         parameters=params,
-        outputs=_wanted_outputs(request),
+        outputs=tuple(out.name for out in request.outputs) or None,
     )
 
 
 def _input_tensor(
-    spec: pb.ModelInferRequest.InferInputTensor, raws: Sequence[memoryview], max_elements: int
+    spec: pb.ModelInferRequest.InferInputTensor,
+    index: int,
+    raw: memoryview | None,
+    max_elements: int,
 ) -> NDArray[Any]:
     name = FROM_V2.get(spec.datatype)
     if name is None:
@@ -114,25 +122,21 @@ def _input_tensor(
     shape = tuple(spec.shape)
     if any(dim < 0 for dim in shape):
         raise InvalidInferRequest(
-            f"inputs.0.shape: {format_shape(shape)} has a negative dimension."
+            f"inputs.{index}.shape: {format_shape(shape)} has a negative dimension."
         )
     count = check_shape(shape, max_elements)
     dtype = DTYPES[name].newbyteorder("<")
-    if raws:
-        if len(raws) != 1:
-            raise InvalidInferRequest(
-                f"raw_input_contents has {len(raws)} entries; the one input needs one."
-            )
+    if raw is not None:
         if spec.HasField("contents"):
             raise InvalidInferRequest(
                 f"Input {spec.name!r} has both contents and raw_input_contents."
             )
-        raw = raws[0]
         if len(raw) != count * dtype.itemsize:
             raise ShapeMismatch(
                 f"Shape {format_shape(shape)} of {spec.datatype} needs {count * dtype.itemsize} "
-                f"bytes, but raw_input_contents[0] has {len(raw)}."
+                f"bytes, but raw_input_contents[{index}] has {len(raw)}."
             )
+        # A read-only view of grpcio's bytes: the kernel answers into a buffer of its own.
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
     field = TYPED_FIELDS.get(spec.datatype)
     if field is None:
@@ -149,38 +153,22 @@ def _input_tensor(
     return np.array(values, dtype=dtype).reshape(shape)
 
 
-def _wanted_outputs(request: pb.ModelInferRequest) -> tuple[WantedOutput, ...]:
-    if not request.outputs:
-        return (WantedOutput(OUTPUT, binary=True),)
-    for out in request.outputs:
-        if out.name not in OUTPUT_NAMES:
-            raise InvalidInferRequest(
-                f"Unknown output {out.name!r}; a layer model has outputs {', '.join(OUTPUT_NAMES)}."
-            )
-    return tuple(WantedOutput(out.name, binary=True) for out in request.outputs)
-
-
-def encode_infer(
-    *,
-    model_name: str,
-    model_version: str,
-    request_id: str | None,
-    parameters: dict[str, bool | int | float | str],
-    tensors: Sequence[tuple[str, NDArray[Any]]],
-) -> bytes:
+def encode_infer(result: InferResult) -> bytes:
     """A serialized ModelInferResponse, every output in ``raw_output_contents``: the small
     message by protobuf, then each tensor's bytes copied once, into the answer itself."""
     response = pb.ModelInferResponse(
-        model_name=model_name, model_version=model_version, id=request_id or ""
+        model_name=result.model_name,
+        model_version=result.model_version,
+        id=result.request_id or "",
     )
-    for key, value in parameters.items():
+    for key, value in result.parameters.items():
         set_parameter(response.parameters[key], value)
     raws: list[bytes | memoryview] = []
-    for name, array in tensors:
+    for name, array in result.outputs.items():
         response.outputs.add(name=name, datatype=_v2_datatype(array), shape=array.shape)
         raw = _little_endian(array)
         raws += [field_header(RAW_OUTPUT_FIELD, raw.nbytes), raw]
     return b"".join([response.SerializeToString(), *raws])
 
 
-__all__ = ["MASK", "OUTPUT", "decode_infer", "encode_infer", "parse", "read_infer"]
+__all__ = ["decode_infer", "encode_infer", "parse", "read_infer"]

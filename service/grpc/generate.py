@@ -1,6 +1,14 @@
 """Regenerate service/grpc/proto's Python modules from its .proto (needs grpcio-tools, which
 the dev extra installs): ``python -m service.grpc.generate``. The output is checked in, so
-that an install needs no protoc; tests/grpc/test_generated.py checks it matches the .proto."""
+that an install needs no protoc; tests/grpc/test_generated.py checks it matches the .proto.
+
+One line of protoc's output is changed: the messages are registered in a descriptor pool of
+their own, not protobuf's default one. tritonclient.grpc registers the same protocol's
+messages (``inference.ModelInferRequest``, ...) from its own copy of the .proto, and the
+default pool refuses a second definition of a name: so a process (a test run, an
+application embedding both) could not import the two. Message names never travel on the
+wire; field numbers and the service's path do, and those are the protocol's.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +17,9 @@ from pathlib import Path
 
 PROTO_DIR = Path(__file__).parent / "proto"
 ROOT = PROTO_DIR.parents[2]
+MODULE = PROTO_DIR / "inference_pb2.py"
+DEFAULT_POOL = "_descriptor_pool.Default().AddSerializedFile("
+OWN_POOL = "_descriptor_pool.DescriptorPool().AddSerializedFile("
 
 
 def generate(out: Path = ROOT) -> None:
@@ -29,6 +40,11 @@ def generate(out: Path = ROOT) -> None:
     )
     if status != 0:
         raise SystemExit(f"protoc failed with status {status}")
+    module = out / MODULE.relative_to(ROOT)
+    text = module.read_text(encoding="utf-8")
+    if text.count(DEFAULT_POOL) != 1:
+        raise SystemExit(f"protoc's output no longer registers its file as expected: {module}")
+    module.write_text(text.replace(DEFAULT_POOL, OWN_POOL), encoding="utf-8")
 
 
 if __name__ == "__main__":

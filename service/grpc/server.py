@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any, Final
 
 import grpc
@@ -25,17 +26,16 @@ from service import __version__, telemetry
 from service.api.auth import TokenCheck
 from service.api.logs import ACCESS_LOGGER
 from service.api.metrics import Metrics
-from service.dataplane import MODEL_VERSION, DataPlane
+from service.dataplane import DataPlane
 from service.errors import ServiceError
 from service.grpc import codec
 from service.grpc.proto import inference_pb2 as pb
 from service.grpc.status import ERROR_CODE_KEY, status_code
-from service.layers.spec import Layer
+from service.inference import PLATFORM
 from service.settings import Settings
 
 SERVICE: Final = "inference.GRPCInferenceService"
 HEALTH_SERVICE: Final = "grpc.health.v1.Health"
-SERVER_NAME: Final = "spatial-dropout"
 EXTENSIONS: Final = ("binary_tensor_data",)
 
 access_log = logging.getLogger(ACCESS_LOGGER)
@@ -167,56 +167,38 @@ class Services:
     async def server_metadata(self, data: bytes) -> bytes:
         codec.parse(pb.ServerMetadataRequest, data)
         answer = pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=__version__, extensions=EXTENSIONS
+            name=PLATFORM, version=__version__, extensions=EXTENSIONS
         )
         return _bytes(answer)
 
     async def model_ready(self, data: bytes) -> bytes:
         request = codec.parse(pb.ModelReadyRequest, data)
-        await self.plane.model(request.name, request.version or None)
-        return _bytes(pb.ModelReadyResponse(ready=True))
+        ready = await self.plane.model_ready(request.name, request.version or None)
+        return _bytes(pb.ModelReadyResponse(ready=ready))
 
     async def model_metadata(self, data: bytes) -> bytes:
-        from service.api.routes.v2 import _metadata
-
         request = codec.parse(pb.ModelMetadataRequest, data)
-        meta = _metadata(await self.plane.model(request.name, request.version or None))
+        meta = await self.plane.model_metadata(request.name, request.version or None)
         answer = pb.ModelMetadataResponse(
-            name=meta["name"], versions=meta["versions"], platform=meta["platform"]
+            name=meta.name, versions=meta.versions, platform=meta.platform
         )
-        for kind in ("inputs", "outputs"):
-            for tensor in meta[kind]:
-                getattr(answer, kind).add(**tensor)
+        for tensors, into in ((meta.inputs, answer.inputs), (meta.outputs, answer.outputs)):
+            for tensor in tensors:
+                into.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
         return _bytes(answer)
 
     async def model_infer(self, data: bytes) -> bytes:
+        """As REST's infer: an unknown model first, then the request decoded, run by the
+        data plane and encoded; large ones off the event loop."""
         request, raws = codec.read_infer(data)
-        layer = await self.plane.model(request.model_name, request.model_version or None)
-        return await self.plane.run(len(data), self._infer, layer, request, raws)
-
-    def _infer(self, layer: Layer, request: pb.ModelInferRequest, raws: list[memoryview]) -> bytes:
+        name, version = request.model_name, request.model_version or None
+        await self.plane.model_ready(name, version)
         limit = self.plane.limits.max_tensor_elements
-        decoded = codec.decode_infer(request, raws, max_elements=limit)
-        params = decoded.parameters
-        applied = self.plane.apply(
-            layer,
-            decoded.tensor,
-            training=params.training,
-            seed=params.seed,
-            sample_offset=params.sample_offset,
-            engine=params.engine,
-            in_place=True,  # a raw input is a read-only view: the answer then gets its own
+        decoded = await self.plane.run(
+            len(data), partial(codec.decode_infer, max_elements=limit), request, raws
         )
-        produced = {codec.OUTPUT: applied.output}
-        if any(wanted.name == codec.MASK for wanted in decoded.outputs):
-            produced[codec.MASK] = applied.mask_matrix()
-        return codec.encode_infer(
-            model_name=layer.name,
-            model_version=MODEL_VERSION,
-            request_id=decoded.request_id,
-            parameters={"seed": applied.seed, "training": params.training},
-            tensors=[(wanted.name, produced[wanted.name]) for wanted in decoded.outputs],
-        )
+        result = await self.plane.infer(name, version, decoded)
+        return await self.plane.run(result.nbytes, codec.encode_infer, result)
 
 
 def _bytes(message: Any) -> bytes:
