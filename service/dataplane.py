@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final, TypeVar
 
 import numpy as np
@@ -23,16 +24,22 @@ from service.core import kernel
 from service.core.config import DataFormat, DropoutConfig
 from service.core.dtypes import V2_DATATYPES
 from service.inference import (
+    MEAN_SUFFIX,
     MODEL_VERSION,
     PLATFORM,
+    VARIANCE_SUFFIX,
     InferRequest,
     InferResult,
     ModelMetadata,
+    Parameter,
     TensorMetadata,
+    mc_statistics,
 )
 from service.layers.resolve import ResolvedSpec, dropout_config, resolve_body
 from service.layers.signature import signature
 from service.layers.spec import KerasLayerConfig, Layer, LayerCreate
+from service.models.repository import Repository
+from service.models.serving import ModelInfo, Runner, RunnerCache
 from service.onnx.engine import OnnxEngine
 from service.params import Engine
 from service.settings import Settings
@@ -61,6 +68,8 @@ class Limits:
     max_body_bytes: int
     max_tensor_elements: int
     max_model_nodes: int
+    max_model_bytes: int = 512 * 1024 * 1024
+    max_mc_samples: int = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +122,18 @@ def layer_metadata(layer: Layer) -> ModelMetadata:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ModelRef:
+    """A model found by name: its digest, and its bytes unless its session is cached."""
+
+    name: str
+    sha256: str
+    data: bytes | None
+    info: dict[str, Any] | None = None
+    created_at: str | None = None
+    read_only: bool = False
+
+
 class DataPlane:
     """The store, the engines and the limits, behind the operations the protocols share."""
 
@@ -124,11 +145,24 @@ class DataPlane:
         data_format: DataFormat,
         layer_cache_seconds: float = 0.0,
         onnx: OnnxEngine | None = None,
+        model_repository: Path | None = None,
+        model_cache_bytes: int = 2 * 1024 * 1024 * 1024,
+        model_threads: int = 2,
     ) -> None:
         self._layers = CachingLayerStore(store, ttl=layer_cache_seconds)
         self.limits = limits
         self.data_format = data_format
         self.onnx = onnx if onnx is not None else OnnxEngine()
+        self.runners = RunnerCache(
+            max_bytes=model_cache_bytes,
+            max_nodes=limits.max_model_nodes,
+            intra_op_threads=model_threads,
+        )
+        self.repository = (
+            None
+            if model_repository is None
+            else Repository(model_repository, max_bytes=limits.max_model_bytes)
+        )
 
     @classmethod
     def open(cls, settings: Settings) -> DataPlane:
@@ -140,13 +174,23 @@ class DataPlane:
                 timeout=settings.database_timeout_seconds,
             ),
             limits=Limits(
-                settings.max_body_bytes, settings.max_tensor_elements, settings.max_model_nodes
+                settings.max_body_bytes,
+                settings.max_tensor_elements,
+                settings.max_model_nodes,
+                settings.max_model_bytes,
+                settings.max_mc_samples,
             ),
             data_format=settings.data_format,
             layer_cache_seconds=settings.layer_cache_seconds,
+            model_repository=(
+                None if settings.model_repository is None else Path(settings.model_repository)
+            ),
+            model_cache_bytes=settings.model_cache_bytes,
+            model_threads=settings.model_threads,
         )
 
     def close(self) -> None:
+        self.runners.clear()
         self.onnx.close()
         self._layers.close()
 
@@ -166,27 +210,125 @@ class DataPlane:
         return await run_in_threadpool(self._layers.get, ref)
 
     async def model(self, name: str, version: str | None = None) -> Layer:
-        """What the Open Inference Protocol serves as model ``name`` (at ``version``, when the
-        request names one): a stored layer, whose only version is ``MODEL_VERSION``."""
+        """The stored layer the Open Inference Protocol serves as model ``name`` (at
+        ``version``, when the request names one), whose only version is ``MODEL_VERSION``."""
         layer = await self.layer(name)
         if version is not None and version != MODEL_VERSION:
             raise errors.ModelVersionNotFound(name, version)
         return layer
 
+    async def served(self, name: str, version: str | None = None) -> Layer | ModelRef:
+        """What V2 serves as ``name``: a layer, else a repository or stored model."""
+        if version is not None and version != MODEL_VERSION:
+            await self.served(name)  # an unknown name is a 404 of its own
+            raise errors.ModelVersionNotFound(name, version)
+        try:
+            return await self.layer(name)
+        except errors.LayerNotFound:
+            pass
+        return await run_in_threadpool(self.model_ref, name)
+
+    def model_ref(self, name: str) -> ModelRef:
+        """Model ``name`` as the store (or the repository) has it now; ModelNotFound."""
+        if self.repository is not None:
+            found = self.repository.read(name)
+            if found is not None:
+                return ModelRef(name, found.sha256, found.data, read_only=True)
+        stored = self._layers.get_model(name)
+        return ModelRef(
+            name, str(stored.info["sha256"]), None, info=stored.info, created_at=stored.created_at
+        )
+
+    def runner(self, ref: ModelRef) -> Runner:
+        """The session of ``ref``'s model: cached by digest, else built from its bytes, read
+        in one query with their digest (so a model replaced meanwhile is never mixed up)."""
+        cached = self.runners.cached(ref.sha256)
+        if cached is not None:
+            return cached
+        if ref.data is not None:
+            return self.runners.get(ref.sha256, ref.data)
+        stored = self._layers.get_model(ref.name, with_data=True)
+        assert stored.data is not None
+        return self.runners.get(str(stored.info["sha256"]), stored.data)
+
     async def model_ready(self, name: str, version: str | None = None) -> bool:
-        """Whether model ``name`` can answer infer calls (raises ModelNotFound-like errors
-        when there is no such model)."""
-        await self.model(name, version)
+        """Whether model ``name`` answers infer calls (a 404 when there is none)."""
+        await self.served(name, version)
         return True
 
     async def model_metadata(self, name: str, version: str | None = None) -> ModelMetadata:
         """The protocol's metadata of model ``name``: its inputs and outputs."""
-        return layer_metadata(await self.model(name, version))
+        served = await self.served(name, version)
+        if isinstance(served, Layer):
+            return layer_metadata(served)
+        info = await run_in_threadpool(self.model_info, served)
+        return ModelMetadata(
+            name=name,
+            versions=(MODEL_VERSION,),
+            platform=PLATFORM,
+            inputs=info.inputs,
+            outputs=info.outputs,
+            parameters={"layers": len(info.layers)},
+        )
+
+    def model_info(self, ref: ModelRef) -> ModelInfo:
+        if ref.info is not None:
+            return ModelInfo.from_dict(ref.info)
+        return self.runner(ref).info
 
     async def infer(self, name: str, version: str | None, request: InferRequest) -> InferResult:
         """Run model ``name`` on ``request``: in a worker thread for a large request."""
-        layer = await self.model(name, version)
-        return await self.run(request.nbytes, self.infer_layer, layer, request)
+        served = await self.served(name, version)
+        if isinstance(served, Layer):
+            return await self.run(request.nbytes, self.infer_layer, served, request)
+        return await run_in_threadpool(self.infer_model, served, request)
+
+    def infer_model(self, ref: ModelRef, request: InferRequest) -> InferResult:
+        """A stored ONNX model: in inference mode, a training call, or T Monte Carlo samples."""
+        params = request.parameters
+        samples = params.mc_samples
+        if samples is not None and samples > self.limits.max_mc_samples:
+            raise errors.TooManyMcSamples(samples, self.limits.max_mc_samples)
+        if params.mc_statistics and samples is None:
+            raise errors.InvalidInferRequest("mc_statistics needs mc_samples.")
+        runner = self.runner(ref)
+        training = params.training or samples is not None
+        if training and runner.layer_count == 0:
+            raise errors.NotComposed(
+                ref.name, "training and mc_samples draw the inserted layers' masks"
+            )
+        seed = choose_seed(params.seed, runner.default_seed()) if training else 0
+        produced = runner.run(
+            request.inputs,
+            training=training,
+            seed=seed,
+            sample_offset=params.sample_offset,
+            samples=samples,
+            max_elements=self.limits.max_tensor_elements,
+        )
+        if params.mc_statistics:
+            stats: dict[str, NDArray[Any]] = {}
+            for out, values in produced.items():
+                stats[out + MEAN_SUFFIX], stats[out + VARIANCE_SUFFIX] = mc_statistics(values)
+            produced = stats
+        wanted = request.outputs or tuple(produced)
+        unknown = [out for out in wanted if out not in produced]
+        if unknown:
+            raise errors.InvalidInferRequest(
+                f"Unknown output {unknown[0]!r}; model {ref.name!r} answers {', '.join(produced)}."
+            )
+        answered: dict[str, Parameter] = {"training": training}
+        if training:
+            answered["seed"] = seed
+        if samples is not None:
+            answered["mc_samples"] = samples
+        return InferResult(
+            model_name=ref.name,
+            model_version=MODEL_VERSION,
+            request_id=request.request_id,
+            parameters=answered,
+            outputs={out: produced[out] for out in wanted},
+        )
 
     def infer_layer(self, layer: Layer, request: InferRequest) -> InferResult:
         """A layer as a model: one input, outputs ``output`` and (when asked) ``mask``.

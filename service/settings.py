@@ -30,6 +30,21 @@ class Settings(BaseSettings):
     max_model_nodes: int = Field(default=100_000, ge=1)
     """Most nodes (subgraphs, functions included) in a model to compose, counted before parsing."""
 
+    max_model_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    """Largest model ``PUT /models/{name}`` takes; larger gets 413 before it is read."""
+
+    model_repository: str | None = None
+    """A read-only directory of models (``NAME.onnx`` or ``NAME/model.onnx``) served by name."""
+
+    max_mc_samples: int = Field(default=256, ge=1)
+    """Most Monte Carlo samples (``mc_samples``) one V2 infer call may ask for."""
+
+    model_cache_bytes: int = Field(default=2 * 1024 * 1024 * 1024, ge=1)
+    """Most serialized model bytes whose onnxruntime sessions a process keeps (least recent out)."""
+
+    model_threads: int = Field(default=2, ge=1)
+    """onnxruntime intra-op threads of each model's session."""
+
     body_timeout_seconds: float = Field(default=30.0, gt=0)
     """Longest pause allowed while a request body arrives; a stalled body gets 408."""
 

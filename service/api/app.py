@@ -19,6 +19,7 @@ from service.api.observe import ServiceApp
 from service.api.openapi import DESCRIPTION, build_openapi
 from service.api.routes import apply, health, layers, metrics, onnx, v2
 from service.api.routes.compose import router as compose_router
+from service.api.routes.models import router as models_router
 from service.dataplane import DataPlane
 from service.settings import Settings
 
@@ -72,6 +73,7 @@ def create_app(settings: Settings | None = None, *, grpc: bool = False) -> FastA
     app.include_router(layers.router)
     app.include_router(onnx.router)
     app.include_router(compose_router)
+    app.include_router(models_router)
     app.include_router(health.router)
     app.include_router(v2.router)
     app.include_router(metrics.router)

@@ -17,6 +17,23 @@ class Page:
     next_cursor: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class StoredModel:
+    """A stored ONNX model: its name, what ``ModelInfo.as_dict`` says of it, when it was
+    stored, and (when asked for) its bytes, read in the same query as the rest."""
+
+    name: str
+    info: dict[str, Any]
+    created_at: str
+    data: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPage:
+    models: list[StoredModel]
+    next_cursor: str | None
+
+
 class LayerStore(Protocol):
     """Layers by id and unique name. Methods block; routes call them from a worker thread."""
 
@@ -42,6 +59,26 @@ class LayerStore(Protocol):
 
     def count(self) -> int:
         """How many layers are stored."""
+        ...
+
+    def put_model(self, name: str, data: bytes, info: dict[str, Any]) -> tuple[StoredModel, bool]:
+        """Store model ``name`` (replacing one of that name), and whether it is new.
+
+        Raises NameConflict when a layer has the name; atomic against concurrent layer
+        creates and model puts of the name.
+        """
+        ...
+
+    def get_model(self, name: str, *, with_data: bool = False) -> StoredModel:
+        """Model ``name`` (its bytes too when ``with_data``); raises ModelNotFound."""
+        ...
+
+    def list_models(self, limit: int, cursor: str | None = None) -> ModelPage:
+        """Models in the order they were first stored, ``limit`` at a time, after ``cursor``."""
+        ...
+
+    def delete_model(self, name: str) -> None:
+        """Remove model ``name``; raises ModelNotFound."""
         ...
 
     def ping(self) -> None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from typing import Final
+from typing import Any, Final
 
 from service.layers.resolve import ResolvedSpec
 from service.layers.spec import Layer
-from service.store.base import LayerStore, Page
+from service.store.base import LayerStore, ModelPage, Page, StoredModel
 
 _MAX_ENTRIES: Final = 4096
 
@@ -64,6 +64,18 @@ class CachingLayerStore:
 
     def count(self) -> int:
         return self.store.count()
+
+    def put_model(self, name: str, data: bytes, info: dict[str, Any]) -> tuple[StoredModel, bool]:
+        return self.store.put_model(name, data, info)
+
+    def get_model(self, name: str, *, with_data: bool = False) -> StoredModel:
+        return self.store.get_model(name, with_data=with_data)
+
+    def list_models(self, limit: int, cursor: str | None = None) -> ModelPage:
+        return self.store.list_models(limit, cursor)
+
+    def delete_model(self, name: str) -> None:
+        self.store.delete_model(name)
 
     def ping(self) -> None:
         self.store.ping()

@@ -10,10 +10,10 @@ from typing import Any, Final
 from psycopg import errors as pg_errors
 from psycopg.types.json import Jsonb
 
-from service.errors import LayerNotFound, NameConflict, StoreUnavailable
+from service.errors import LayerNotFound, ModelNotFound, NameConflict, StoreUnavailable
 from service.layers.resolve import DEFAULT_NAMES, ResolvedSpec
 from service.layers.spec import Layer
-from service.store.base import Page, decode_cursor, keras_next_name, page_of
+from service.store.base import ModelPage, Page, StoredModel, decode_cursor, keras_next_name, page_of
 from service.store.database import START_TIMEOUT, Connection, Database
 
 _SCHEMA: Final = """
@@ -25,7 +25,17 @@ CREATE TABLE IF NOT EXISTS layers (
     created_at TIMESTAMPTZ NOT NULL
 )
 """
+_MODELS_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS models (
+    seq        BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name       TEXT NOT NULL CONSTRAINT models_name_unique UNIQUE,
+    info       JSONB NOT NULL,
+    onnx       BYTEA NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL
+)
+"""
 _COLUMNS: Final = "seq, id, name, spec, created_at"
+_MODEL_COLUMNS: Final = "seq, name, info, created_at"
 _NAME_CONSTRAINT: Final = "layers_name_unique"
 _URL: Final = re.compile(r"(?:postgres|postgresql)(?:\+psycopg)?://.*", re.S)
 #: Keys of the transaction-level advisory locks this store takes (any fixed 64-bit numbers
@@ -82,11 +92,12 @@ class PostgresLayerStore:
                 mine = _by_id(conn, layer_id)
                 if mine is not None:
                     return mine
-            if spec.name is None:
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_NAMES_LOCK,))
-                name = _next_name(conn, DEFAULT_NAMES[spec.kind])
-            else:
-                name = spec.name
+            # Every create takes the names lock: a model put takes it too, so a layer and a
+            # model never end up with one name.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_NAMES_LOCK,))
+            name = spec.name or _next_name(conn, DEFAULT_NAMES[spec.kind])
+            if _model_named(conn, name):
+                raise NameConflict(name)
             record = {**spec.as_dict(), "name": name}
             conn.execute(
                 "INSERT INTO layers (id, name, spec, created_at) VALUES (%s, %s, %s, %s)",
@@ -151,6 +162,65 @@ class PostgresLayerStore:
         row = self._db.read(lambda conn: conn.execute("SELECT count(*) FROM layers").fetchone())
         return int(row[0]) if row else 0
 
+    def put_model(self, name: str, data: bytes, info: dict[str, Any]) -> tuple[StoredModel, bool]:
+        created_at = datetime.now(UTC)
+
+        def upsert(conn: Connection, _maybe_applied: bool) -> tuple[StoredModel, bool]:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_NAMES_LOCK,))
+            if conn.execute("SELECT 1 FROM layers WHERE name = %s", (name,)).fetchone():
+                raise NameConflict(name)
+            # Running again after a lost COMMIT writes the same bytes: an upsert is idempotent.
+            row = conn.execute(
+                "INSERT INTO models (name, info, onnx, created_at) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT (name) DO UPDATE SET info = EXCLUDED.info, onnx = EXCLUDED.onnx "
+                "RETURNING created_at, (xmax = 0)",
+                (name, Jsonb(info), data, created_at),
+            ).fetchone()
+            assert row is not None
+            return StoredModel(name, info, row[0].isoformat()), bool(row[1])
+
+        unsure = (
+            f"The store stopped answering while model {name!r} was being stored: it may or may "
+            "not be stored; storing it again is safe."
+        )
+        return self._db.write(upsert, unsure=unsure)
+
+    def get_model(self, name: str, *, with_data: bool = False) -> StoredModel:
+        extra = ", onnx" if with_data else ""
+        row = self._db.read(
+            lambda conn: conn.execute(
+                f"SELECT {_MODEL_COLUMNS}{extra} FROM models WHERE name = %s", (name,)
+            ).fetchone()
+        )
+        if row is None:
+            raise ModelNotFound(name)
+        return _row_model(row)
+
+    def list_models(self, limit: int, cursor: str | None = None) -> ModelPage:
+        after = decode_cursor(cursor)
+        rows = self._db.read(
+            lambda conn: conn.execute(
+                f"SELECT {_MODEL_COLUMNS} FROM models WHERE seq > %s ORDER BY seq LIMIT %s",
+                (after, limit + 1),
+            ).fetchall()
+        )
+        shown = rows[:limit]
+        return ModelPage(
+            [_row_model(row) for row in shown], str(shown[-1][0]) if len(rows) > limit else None
+        )
+
+    def delete_model(self, name: str) -> None:
+        def remove(conn: Connection, maybe_applied: bool) -> bool:
+            cur = conn.execute("DELETE FROM models WHERE name = %s", (name,))
+            return cur.rowcount > 0 or maybe_applied
+
+        unsure = (
+            f"The store stopped answering while model {name!r} was being deleted: it may or "
+            "may not be deleted; deleting it again is safe."
+        )
+        if not self._db.write(remove, unsure=unsure):
+            raise ModelNotFound(name)
+
     def ping(self) -> None:
         self._db.read(lambda conn: conn.execute("SELECT 1 FROM layers LIMIT 1").fetchall())
 
@@ -162,6 +232,7 @@ def _create_schema(conn: Connection, _maybe_applied: bool) -> None:
     # Replicas starting together must not race on CREATE TABLE IF NOT EXISTS.
     conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
     conn.execute(_SCHEMA)
+    conn.execute(_MODELS_SCHEMA)  # a database made before models gains the table
 
 
 def _by_id(conn: Connection, layer_id: str) -> Layer | None:
@@ -172,9 +243,20 @@ def _by_id(conn: Connection, layer_id: str) -> Layer | None:
 def _next_name(conn: Connection, base: str) -> str:
     pattern = f"^{re.escape(base)}_[0-9]+$"
     rows = conn.execute(
-        "SELECT name FROM layers WHERE name = %s OR name ~ %s", (base, pattern)
+        "SELECT name FROM layers WHERE name = %s OR name ~ %s "
+        "UNION SELECT name FROM models WHERE name = %s OR name ~ %s",
+        (base, pattern, base, pattern),
     ).fetchall()
     return keras_next_name(base, (name for (name,) in rows))
+
+
+def _model_named(conn: Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM models WHERE name = %s", (name,)).fetchone() is not None
+
+
+def _row_model(row: tuple[Any, ...]) -> StoredModel:
+    data = bytes(row[4]) if len(row) > 4 else None
+    return StoredModel(row[1], dict(row[2]), row[3].isoformat(), data)
 
 
 def _row_layer(row: tuple[Any, ...]) -> Layer:

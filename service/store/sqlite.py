@@ -16,13 +16,14 @@ from typing import Any, Final
 
 from service.errors import (
     LayerNotFound,
+    ModelNotFound,
     NameConflict,
     StoreFull,
     StoreUnavailable,
 )
 from service.layers.resolve import DEFAULT_NAMES, ResolvedSpec
 from service.layers.spec import Layer
-from service.store.base import Page, decode_cursor, keras_next_name, page_of
+from service.store.base import ModelPage, Page, StoredModel, decode_cursor, keras_next_name, page_of
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS layers (
@@ -33,7 +34,17 @@ CREATE TABLE IF NOT EXISTS layers (
     created_at TEXT NOT NULL
 )
 """
+_MODELS_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS models (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    name       TEXT NOT NULL UNIQUE,
+    info       TEXT NOT NULL,
+    onnx       BLOB NOT NULL,
+    created_at TEXT NOT NULL
+)
+"""
 _COLUMNS: Final = "seq, id, name, spec, created_at"
+_MODEL_COLUMNS: Final = "seq, name, info, created_at"
 _URL: Final = re.compile(r"sqlite:///(?P<path>.+)")
 #: How long a writer waits for another process's transaction before giving up (ms).
 _BUSY_TIMEOUT_MS: Final = 30_000
@@ -61,6 +72,7 @@ class SqliteLayerStore:
         with self._connection() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(_SCHEMA)
+            conn.execute(_MODELS_SCHEMA)  # a database made before models gains the table
 
     # -- connections ----------------------------------------------------------------------
 
@@ -106,6 +118,9 @@ class SqliteLayerStore:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 name = spec.name or _next_name(conn, DEFAULT_NAMES[spec.kind])
+                if _model_named(conn, name):
+                    conn.rollback()
+                    raise NameConflict(name)
                 record = {**spec.as_dict(), "name": name}
                 conn.execute(
                     "INSERT INTO layers (id, name, spec, created_at) VALUES (?, ?, ?, ?)",
@@ -151,6 +166,65 @@ class SqliteLayerStore:
             (n,) = _guard(conn.execute, "SELECT count(*) FROM layers").fetchone()
         return int(n)
 
+    def put_model(self, name: str, data: bytes, info: dict[str, Any]) -> tuple[StoredModel, bool]:
+        created_at = datetime.now(UTC).isoformat()
+        with self._connection() as conn:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                if conn.execute("SELECT 1 FROM layers WHERE name = ?", (name,)).fetchone():
+                    conn.rollback()
+                    raise NameConflict(name)
+                old = conn.execute(
+                    "SELECT created_at FROM models WHERE name = ?", (name,)
+                ).fetchone()
+                if old is None:
+                    conn.execute(
+                        "INSERT INTO models (name, info, onnx, created_at) VALUES (?, ?, ?, ?)",
+                        (name, json.dumps(info), data, created_at),
+                    )
+                else:
+                    created_at = old[0]
+                    conn.execute(
+                        "UPDATE models SET info = ?, onnx = ? WHERE name = ?",
+                        (json.dumps(info), data, name),
+                    )
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise _store_error(exc) from exc
+        return StoredModel(name, info, created_at), old is None
+
+    def get_model(self, name: str, *, with_data: bool = False) -> StoredModel:
+        extra = ", onnx" if with_data else ""
+        with self._connection() as conn:
+            row = _guard(
+                conn.execute,
+                f"SELECT {_MODEL_COLUMNS}{extra} FROM models WHERE name = ?",
+                (name,),
+            ).fetchone()
+        if row is None:
+            raise ModelNotFound(name)
+        return _row_model(row)
+
+    def list_models(self, limit: int, cursor: str | None = None) -> ModelPage:
+        after = decode_cursor(cursor)
+        with self._connection() as conn:
+            rows = _guard(
+                conn.execute,
+                f"SELECT {_MODEL_COLUMNS} FROM models WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, limit + 1),
+            ).fetchall()
+        shown = rows[:limit]
+        return ModelPage(
+            [_row_model(row) for row in shown],
+            str(shown[-1][0]) if len(rows) > limit else None,
+        )
+
+    def delete_model(self, name: str) -> None:
+        with self._connection() as conn:
+            cur = _guard(conn.execute, "DELETE FROM models WHERE name = ?", (name,))
+        if cur.rowcount == 0:
+            raise ModelNotFound(name)
+
     def ping(self) -> None:
         with self._connection() as conn:
             _guard(conn.execute, "SELECT 1 FROM layers LIMIT 1").fetchall()
@@ -174,9 +248,20 @@ class SqliteLayerStore:
 
 def _next_name(conn: sqlite3.Connection, base: str) -> str:
     rows = conn.execute(
-        "SELECT name FROM layers WHERE name = ? OR name GLOB ?", (base, f"{base}_[0-9]*")
+        "SELECT name FROM layers WHERE name = ? OR name GLOB ? "
+        "UNION SELECT name FROM models WHERE name = ? OR name GLOB ?",
+        (base, f"{base}_[0-9]*", base, f"{base}_[0-9]*"),
     ).fetchall()
     return keras_next_name(base, (name for (name,) in rows))
+
+
+def _model_named(conn: sqlite3.Connection, name: str) -> bool:
+    return conn.execute("SELECT 1 FROM models WHERE name = ?", (name,)).fetchone() is not None
+
+
+def _row_model(row: tuple[Any, ...]) -> StoredModel:
+    data = bytes(row[4]) if len(row) > 4 else None
+    return StoredModel(row[1], json.loads(row[2]), row[3], data)
 
 
 def _row_layer(row: tuple[Any, ...]) -> Layer:

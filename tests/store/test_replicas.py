@@ -80,3 +80,22 @@ def test_generated_names_stay_distinct_across_replicas(replicas: tuple[Server, S
         names = list(pool.map(create, range(20)))
     base = "spatial_dropout3d"
     assert sorted(names) == sorted([base] + [f"{base}_{i}" for i in range(1, 20)])
+
+
+def test_a_model_stored_through_one_replica_answers_the_same_bytes_through_the_other(
+    replicas: tuple[Server, Server],
+) -> None:
+    from tests.api.test_models import _body, composed, images
+
+    one, two = replicas
+    with httpx.Client(base_url=one.url, timeout=60) as client:
+        model = composed(client)
+        stored = client.put(
+            "/models/mc", content=model, headers={"content-type": "application/octet-stream"}
+        )
+        assert stored.status_code == 201, stored.text
+    body = _body(images(2), mc_samples=3, seed=41)
+    answers = [httpx.post(f"{s.url}/v2/models/mc/infer", json=body, timeout=60) for s in replicas]
+    assert all(a.status_code == 200 for a in answers), answers[0].text
+    assert answers[0].content == answers[1].content
+    assert httpx.get(f"{two.url}/models/mc/onnx").content == model

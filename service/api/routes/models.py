@@ -1,0 +1,191 @@
+"""/models: ONNX models (composed or not) in the layer store, served over /v2 by name."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from service import errors
+from service.api.deps import PlaneDep, StoreDep
+from service.api.docs import problems
+from service.dataplane import DataPlane
+from service.layers.resolve import check_name
+
+ONNX_MEDIA_TYPE: Final = "application/octet-stream"
+
+router = APIRouter(prefix="/models", tags=["models"])
+
+
+class TensorInfo(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int] = Field(description="-1 where any size goes.")
+
+
+class ModelDescription(BaseModel):
+    """A model as the store (or the model repository) holds it."""
+
+    name: str
+    sha256: str
+    bytes: int
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    layers: list[dict[str, Any]] = Field(
+        description="The layers inserted (the compose record, in insertion order)."
+    )
+    created_at: str | None = Field(description="When it was first stored (null: repository).")
+    read_only: bool = Field(description="Served from SPATIAL_DROPOUT_MODEL_REPOSITORY.")
+
+
+class ModelPage(BaseModel):
+    """One page of ``GET /models``: stored models oldest first, then the repository's."""
+
+    items: list[ModelDescription]
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= to get the next page; null on the last page."
+    )
+
+
+def _description(
+    name: str, info: dict[str, Any], created_at: str | None, read_only: bool
+) -> ModelDescription:
+    return ModelDescription.model_validate(
+        {**info, "name": name, "created_at": created_at, "read_only": read_only}
+    )
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it (or its announced length) passes ``limit``."""
+    announced = request.headers.get("content-length")
+    if announced is not None and announced.isdigit() and int(announced) > limit:
+        raise errors.BodyTooLarge(limit)
+    buffer = bytearray()
+    async for chunk in request.stream():
+        buffer += chunk
+        if len(buffer) > limit:
+            raise errors.BodyTooLarge(limit)
+    return bytes(buffer)
+
+
+def _put(plane: DataPlane, name: str, data: bytes) -> tuple[ModelDescription, bool]:
+    if plane.repository is not None and plane.repository.has(name):
+        raise errors.ReadOnlyModel(name)
+    # Checked and loaded by onnxruntime before it is stored: what is stored always serves.
+    runner = plane.runners.get(hashlib.sha256(data).hexdigest(), data)
+    info = runner.info.as_dict()
+    stored, created = plane.store.put_model(name, data, info)
+    return _description(name, info, stored.created_at, False), created
+
+
+@router.put(
+    "/{name}",
+    summary="Store an ONNX model under a name (replacing the one of that name)",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {ONNX_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+        }
+    },
+    responses={
+        200: {"description": "Replaced", "model": ModelDescription},
+        201: {"description": "Created", "model": ModelDescription},
+        **problems(
+            errors.NameConflict,
+            errors.ReadOnlyModel,
+            errors.InvalidName,
+            errors.InvalidModel,
+            errors.ExternalData,
+            errors.ModelOpsetUnsupported,
+            errors.ModelLoadFailed,
+            errors.BodyTooLarge,
+            errors.TooManyNodes,
+        ),
+    },
+)
+async def put_model(
+    name: str, request: Request, plane: PlaneDep, response: Response
+) -> ModelDescription:
+    check_name(name)
+    data = await _read_limited(request, plane.limits.max_model_bytes)
+    description, created = await run_in_threadpool(_put, plane, name, data)
+    response.status_code = 201 if created else 200
+    if created:
+        response.headers["Location"] = f"/models/{name}"
+    return description
+
+
+@router.get(
+    "",
+    summary="List models: stored ones oldest first, then the repository's",
+    responses={**problems(errors.InvalidCursor)},
+)
+def list_models(
+    store: StoreDep,
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=32,
+            description="next_cursor of the previous page.",
+            json_schema_extra={"pattern": "^[0-9]{1,18}$"},
+        ),
+    ] = None,
+) -> ModelPage:
+    page = store.list_models(limit, cursor)
+    items = [_description(m.name, m.info, m.created_at, False) for m in page.models]
+    plane: DataPlane = request.app.state.plane
+    if page.next_cursor is None and plane.repository is not None:
+        for name in plane.repository.names():
+            ref = plane.model_ref(name)
+            items.append(_description(name, plane.model_info(ref).as_dict(), None, True))
+    return ModelPage(items=items, next_cursor=page.next_cursor)
+
+
+@router.get(
+    "/{name}",
+    summary="Read a model's description",
+    responses={**problems(errors.ModelNotFound)},
+)
+def read_model(name: str, plane: PlaneDep) -> ModelDescription:
+    ref = plane.model_ref(name)
+    return _description(name, plane.model_info(ref).as_dict(), ref.created_at, ref.read_only)
+
+
+@router.get(
+    "/{name}/onnx",
+    summary="Download the model's bytes",
+    response_class=Response,
+    responses={
+        200: {"content": {ONNX_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}},
+        **problems(errors.ModelNotFound),
+    },
+)
+def download_model(name: str, plane: PlaneDep) -> Response:
+    if plane.repository is not None:
+        found = plane.repository.read(name)
+        if found is not None:
+            return Response(found.data, media_type=ONNX_MEDIA_TYPE)
+    stored = plane.store.get_model(name, with_data=True)
+    assert stored.data is not None
+    return Response(stored.data, media_type=ONNX_MEDIA_TYPE)
+
+
+@router.delete(
+    "/{name}",
+    status_code=204,
+    summary="Delete a stored model",
+    responses={
+        204: {"description": "Deleted"},
+        **problems(errors.ModelNotFound, errors.ReadOnlyModel),
+    },
+)
+def delete_model(name: str, plane: PlaneDep) -> Response:
+    if plane.repository is not None and plane.repository.has(name):
+        raise errors.ReadOnlyModel(name)
+    plane.store.delete_model(name)
+    return Response(status_code=204)
