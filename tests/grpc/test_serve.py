@@ -98,7 +98,12 @@ def test_every_worker_serves_grpc(tmp_path: Path) -> None:
     with Server(tmp_path / "workers.sqlite3", env=env, grpc_port=free_port()) as server:
         with httpx.Client(base_url=server.url, timeout=30) as http:
             create(http, name="sd", seed=3)
-        assert listeners(server.grpc_port) == 2  # one socket per worker, sharing the port
+        # One socket per worker, sharing the port (/readyz answered when one worker was up).
+        for _ in range(400):
+            if listeners(server.grpc_port) == 2:
+                break
+            time.sleep(0.05)
+        assert listeners(server.grpc_port) == 2
         x = np.ones((1, 2, 2, 2), dtype=np.float32)
         answers = set()
         for _ in range(24):  # a fresh connection each time: the kernel picks a worker
