@@ -80,6 +80,7 @@ class Metrics:
         )
         # The labelled children, by (method, route, status): labels() costs more than inc().
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._grpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self.in_progress = Gauge(
             "spatial_dropout_http_requests_in_progress",
             "HTTP requests being served now.",
@@ -120,8 +121,13 @@ class Metrics:
         tensor_bytes_out: int = 0,
     ) -> None:
         """Count one gRPC call (method names come from the server's own table: bounded)."""
-        self.grpc_requests.labels(method, code).inc()
-        self.grpc_latency.labels(method).observe(seconds)
+        key = (method, code)
+        children = self._grpc_children.get(key)
+        if children is None:
+            children = (self.grpc_requests.labels(method, code), self.grpc_latency.labels(method))
+            self._grpc_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
         if tensor_bytes_in or tensor_bytes_out:
             route = f"grpc:{method}"
             self.tensor_bytes.labels(route, "in").inc(tensor_bytes_in)
