@@ -358,3 +358,51 @@ def test_the_same_request_gives_the_same_bytes_after_a_restart(
         first = client.post("/v2/models/r/infer", json=body).content
     with server, httpx.Client(base_url=server.url, timeout=60) as client:
         assert client.post("/v2/models/r/infer", json=body).content == first
+
+
+def test_puts_and_deletes_need_a_token_when_auth_is_on(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    for server in serving(tmp_path_factory, "models-auth", api_tokens="tok-models"):
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            assert_problem(put(client, "a", plain()), 401, "unauthorized")
+            good = {**ONNX, "Authorization": "Bearer tok-models"}
+            wrong = {**ONNX, "Authorization": "Bearer nope"}
+            assert_problem(
+                client.put("/models/a", content=plain(), headers=wrong), 403, "forbidden"
+            )
+            assert client.put("/models/a", content=plain(), headers=good).status_code == 201
+            assert client.get("/models/a").status_code == 200  # reads stay open
+            assert_problem(client.delete("/models/a"), 401, "unauthorized")
+            assert client.delete("/models/a", headers=good).status_code == 204
+
+
+def test_the_model_repository_serves_read_only_models(
+    tmp_path_factory: pytest.TempPathFactory, api: httpx.Client
+) -> None:
+    repository = tmp_path_factory.mktemp("repository")
+    model = composed(api)
+    (repository / "flat.onnx").write_bytes(plain())
+    (repository / "nested").mkdir()
+    (repository / "nested" / "model.onnx").write_bytes(model)
+    (repository / "huge.onnx").write_bytes(b"\0" * 4_000_001)
+    (repository / "notes.txt").write_text("not a model")
+    settings = {"model_repository": repository, "max_model_bytes": 4_000_000}
+    for server in serving(tmp_path_factory, "repo-server", **settings):
+        with httpx.Client(base_url=server.url, timeout=60) as client:
+            x = images(2)
+            flat, _ = infer(client, "flat", x)
+            assert np.array_equal(flat["logits"], run(plain(), {"image": x})[1])
+            trained, _ = infer(client, "nested", x, training=True, seed=SEED)
+            expected = run(model, {"image": x, "training_mode": np.array(True)})[1]
+            assert np.array_equal(trained["logits"], expected)
+            assert client.get("/models/nested/onnx").content == model
+            described = client.get("/models/nested").json()
+            assert described["read_only"] and len(described["layers"]) == 2
+            assert_problem(put(client, "flat", plain()), 409, "read_only_model")
+            assert_problem(client.delete("/models/flat"), 409, "read_only_model")
+            assert_problem(client.get("/models/huge"), 413, "body_too_large")
+            listed = [item["name"] for item in client.get("/models").json()["items"]]
+            assert listed == ["flat", "nested"]  # the oversized one is left out of the listing
+            for escape in ("..%2Fetc%2Fpasswd", "notes"):
+                assert client.get(f"/models/{escape}").status_code == 404
