@@ -37,6 +37,8 @@ from service.settings import Settings
 SERVICE: Final = "inference.GRPCInferenceService"
 HEALTH_SERVICE: Final = "grpc.health.v1.Health"
 EXTENSIONS: Final = ("binary_tensor_data",)
+#: HTTP/2 streams one client connection may have open at once (grpcio's default: no limit).
+MAX_STREAMS_PER_CONNECTION: Final = 100
 
 access_log = logging.getLogger(ACCESS_LOGGER)
 log = logging.getLogger(__name__)
@@ -237,11 +239,13 @@ def _log_access(method: str, code: grpc.StatusCode, seconds: float) -> None:
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
-    """grpcio channel arguments: messages bounded as HTTP bodies are; the port shared by the
-    worker processes only when there are several (alone, a port in use is an error)."""
+    """grpcio channel arguments: messages bounded as HTTP bodies are, and streams per
+    connection too (each may hold a flow-control window of unread data); the port shared by
+    the worker processes only when there are several (alone, a port in use is an error)."""
     return [
         ("grpc.max_receive_message_length", settings.max_body_bytes),
         ("grpc.max_send_message_length", -1),
+        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
         ("grpc.so_reuseport", 1 if settings.workers > 1 else 0),
     ]
 
