@@ -84,6 +84,12 @@ class Processes:
         proc.wait_ready("/")
         return proc
 
+    def grpc_echo(self) -> Child:
+        """bench.grpc_echo: grpcio answering each call's bytes back, on a free port."""
+        proc = self._start("grpc-echo", [sys.executable, "-m", "bench.grpc_echo"])
+        proc.wait_port()
+        return proc
+
     def tcp_echo(self) -> Child:
         proc = self._start("tcp-echo", [sys.executable, "-m", "bench.tcp_echo"])
         proc.wait_port()

@@ -4,7 +4,8 @@ Both go to one service process; both clients are Python in this process (grpcio'
 bench.client's raw-socket HTTP/1.1), so a ratio compares the servers' paths, not a C load
 generator with a Python one. Large calls are timed one at a time; small ones in a closed
 loop over 8 concurrent streams (8 threads on one gRPC channel: HTTP/2 multiplexes them) and
-8 keep-alive HTTP connections.
+8 keep-alive HTTP connections. A second limit for the large calls: a bare grpcio server
+echoing the same request bytes (bench/grpc_echo.py), the floor of any grpcio service.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from bench.common import (
 )
 from bench.procs import LAYER
 from bench.scenarios.binary import v2_body
-from bench.stats import Row, Stat, Target, compare
+from bench.stats import Row, Stat, Target, compare, timed
 from harness.process import HOST, free_port
 from service.core import kernel
 from service.core.config import DataFormat
@@ -89,6 +90,8 @@ def run(ctx: Context) -> list[Row]:
     grpc_port = free_port()
     log("starting spatial-dropout serve with gRPC (1 worker)")
     service = ctx.procs.service(grpc_port=grpc_port)
+    log("starting the grpcio echo server")
+    echo_proc = ctx.procs.grpc_echo()
     rows: list[Row] = []
     config = layer_config(DataFormat.CHANNELS_LAST)
     target = f"/v2/models/{LAYER}/infer"
@@ -96,8 +99,10 @@ def run(ctx: Context) -> list[Row]:
     with (
         HttpConn(HOST, service.port) as http,
         grpc.insecure_channel(f"{HOST}:{grpc_port}", options=options) as channel,
+        grpc.insecure_channel(f"{HOST}:{echo_proc.port}", options=options) as echo_channel,
     ):
         infer = channel.unary_unary(INFER)
+        echo = echo_channel.unary_unary(INFER)
         for nbytes, shape in F32_SHAPES.items():
             label = size_label(nbytes)
             log(f"grpc {label} float32 {shape}: building bodies")
@@ -111,13 +116,23 @@ def run(ctx: Context) -> list[Row]:
             body = grpc_body(x)
             check_v2(http.request("POST", target, rest, headers), expected, "REST V2 infer")
             check_grpc(infer(body, timeout=600), expected)
-            by_rest, by_grpc = Stat(), Stat()
+            check(echo(body, timeout=600) == body, "the grpcio echo")
+            by_rest, by_grpc, by_echo = Stat(), Stat(), Stat()
             for run in range(ctx.repeat):
                 log(f"grpc {label}: run {run + 1}/{ctx.repeat}")
                 by_rest.add(http.request("POST", target, rest, headers).seconds)
-                start = time.perf_counter()
-                infer(body, timeout=600)
-                by_grpc.add(time.perf_counter() - start)
+                by_grpc.add(timed(lambda body=body: infer(body, timeout=600)))
+                by_echo.add(timed(lambda body=body: echo(body, timeout=600)))
+            rows.append(
+                compare(
+                    f"gRPC ModelInfer {label} float32 (raw contents)",
+                    by_grpc,
+                    f"grpcio echo of the same {len(body)} B",
+                    by_echo,
+                    higher_is_better=False,
+                    what="x echo",
+                )
+            )
             rows.append(
                 compare(
                     f"gRPC ModelInfer {label} float32 (raw contents)",
@@ -131,6 +146,7 @@ def run(ctx: Context) -> list[Row]:
             )
             del x, expected, rest, body
         rows.append(small(ctx, service.port, infer, config))
+    ctx.procs.stop(echo_proc)
     ctx.procs.stop(service)
     return rows
 
