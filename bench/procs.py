@@ -56,9 +56,12 @@ class Processes:
         self._procs.append(proc)
         return proc.start(self.dir / f"{name}.{port}.log")
 
-    def service(self, *, workers: int = 1, max_body: int = 512 * 2**20) -> Child:
+    def service(
+        self, *, workers: int = 1, max_body: int = 512 * 2**20, grpc_port: int = 0
+    ) -> Child:
         """``spatial-dropout serve`` on a free port with a fresh SQLite store and one layer
-        named ``bench`` (spatial_dropout_2d, rate 0.5, channels_last)."""
+        named ``bench`` (spatial_dropout_2d, rate 0.5, channels_last); gRPC on ``grpc_port``
+        (0: none, so that no run takes the default 8001 from another)."""
         db = self.dir / f"layers-{len(self._procs)}-w{workers}.sqlite3"
         env = {
             **os.environ,
@@ -66,6 +69,7 @@ class Processes:
             "SPATIAL_DROPOUT_LOG_LEVEL": "warning",
             "SPATIAL_DROPOUT_MAX_BODY_BYTES": str(max_body),
             "SPATIAL_DROPOUT_MAX_TENSOR_ELEMENTS": str(max_body // 2),
+            "SPATIAL_DROPOUT_GRPC_PORT": str(grpc_port),
         }
         argv = [sys.executable, "-m", "service.cli", "serve", "--workers", str(workers)]
         proc = self._start(f"service-w{workers}", argv, env)
@@ -78,6 +82,12 @@ class Processes:
         argv = [sys.executable, "-m", "bench.asgi_echo", "--workers", str(workers)]
         proc = self._start(f"asgi-echo-w{workers}", [*argv, "--log-level", "warning"])
         proc.wait_ready("/")
+        return proc
+
+    def grpc_echo(self) -> Child:
+        """bench.grpc_echo: grpcio answering each call's bytes back, on a free port."""
+        proc = self._start("grpc-echo", [sys.executable, "-m", "bench.grpc_echo"])
+        proc.wait_port()
         return proc
 
     def tcp_echo(self) -> Child:

@@ -9,8 +9,8 @@ markdown table, ready to paste into the README.
     python -m bench.run --quick            # smoke run, under 2 minutes
     python -m bench.run --only kernel,rss --repeat 9
 
-Sections (``--only``/``--skip``): kernel, http, json, small, rss, workers, montecarlo. Every
-server is a child process bound to 127.0.0.1, stopped at the end, on Ctrl-C and on errors.
+Sections (``--only``/``--skip``): kernel, http, json, small, rss, workers, montecarlo, grpc.
+Every server is a child process bound to 127.0.0.1, stopped at the end, on Ctrl-C and on errors.
 """
 
 from __future__ import annotations

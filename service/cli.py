@@ -42,6 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument(
         "--workers", type=int, help=_default(in_force, "workers", "worker processes")
     )
+    serve.add_argument(
+        "--grpc-port",
+        type=int,
+        help=_default(in_force, "grpc_port", "gRPC port (Open Inference Protocol; 0: off)"),
+    )
 
     export = commands.add_parser(
         "export", help="write a layer's ONNX model (offline: reads the store, needs no server)"
@@ -91,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "serve":
-        return _serve(args.host, args.port, args.workers)
+        return _serve(args.host, args.port, args.workers, args.grpc_port)
     if args.command == "export":
         return _export(args.layer, args.output, args.opset, args.seed, args.dtype, args.rank)
     if args.command == "compose":
@@ -137,10 +142,10 @@ class _CommandError(Exception):
         self.code = code
 
 
-def _serve(host: str | None, port: int | None, workers: int | None) -> int:
+def _serve(host: str | None, port: int | None, workers: int | None, grpc_port: int | None) -> int:
     from service.serve import serve
 
-    return serve(host, port, workers)
+    return serve(host, port, workers, grpc_port)
 
 
 def _export(

@@ -19,22 +19,29 @@ MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 GUARDED_PROTOCOL: Final = "service.api.heads:GuardedHttpToolsProtocol"
 
 
-def serve(host: str | None, port: int | None, workers: int | None) -> int:
+def serve(
+    host: str | None, port: int | None, workers: int | None, grpc_port: int | None = None
+) -> int:
     import uvicorn
 
     from service.api.logs import log_config
 
+    # The app (in each worker process) reads what the command line says from the
+    # environment: the workers inherit it, and gRPC binds beside HTTP on the same host.
+    for name, value in (("HOST", host), ("WORKERS", workers), ("GRPC_PORT", grpc_port)):
+        if value is not None:
+            os.environ[f"SPATIAL_DROPOUT_{name}"] = str(value)
     settings = Settings()
-    workers = workers or settings.workers
+    workers = settings.workers
     # uvicorn stops gracefully on SIGTERM (in-flight requests finish, then the app's lifespan
     # closes the store) and then raises SIGTERM again, which by default would end the process
     # with status 143. A stop that was asked for and went well is success: exit 0.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     with _metrics_dir(workers):
         uvicorn.run(
-            "service.api.app:create_app",
+            "service.api.app:create_served_app",
             factory=True,
-            host=host or settings.host,
+            host=settings.host,
             port=settings.port if port is None else port,
             workers=workers,
             log_level=settings.log_level,

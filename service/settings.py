@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535)
     """Port ``spatial-dropout serve`` listens on (``--port`` overrides it)."""
 
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    """Port of the Open Inference Protocol over gRPC, on HOST (``--grpc-port``; 0: no gRPC)."""
+
     workers: int = Field(default=1, ge=1)
     """Worker processes of ``spatial-dropout serve`` (``--workers`` overrides it)."""
 

@@ -32,11 +32,18 @@ class Server:
     database: Path
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
+    #: Its gRPC port; 0 (the default here) serves no gRPC, so that servers never share 8001.
+    grpc_port: int = 0
     child: Child | None = None
 
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
+
+    @property
+    def grpc_target(self) -> str:
+        """``host:port`` of its gRPC server, as tritonclient.grpc takes it."""
+        return f"{HOST}:{self.grpc_port}"
 
     @property
     def process(self) -> subprocess.Popen[bytes] | None:
@@ -51,6 +58,7 @@ class Server:
             **os.environ,
             "SPATIAL_DROPOUT_DATABASE_URL": f"sqlite:///{self.database}",
             "SPATIAL_DROPOUT_LOG_LEVEL": "warning",
+            "SPATIAL_DROPOUT_GRPC_PORT": str(self.grpc_port),
             **self.env,
         }
         argv = [sys.executable, "-m", "service.cli", "serve", "--host", HOST]

@@ -50,6 +50,7 @@ def test_serve_help_shows_the_defaults_in_force(tmp_path: Path) -> None:
     assert "--host HOST interface to bind (default: 127.0.0.1, from SPATIAL_DROPOUT_HOST)" in shown
     assert "--port PORT port (default: 8000, from SPATIAL_DROPOUT_PORT)" in shown
     assert "(default: 1, from SPATIAL_DROPOUT_WORKERS)" in shown
+    assert "0: off) (default: 8001, from SPATIAL_DROPOUT_GRPC_PORT)" in shown
     assert "sqlite:///./data/spatial_dropout.sqlite3" in shown
     # What the environment sets is what serve would use, so that is what help shows.
     database = "sqlite:///elsewhere/layers.sqlite3"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bench.common import Context
-from bench.scenarios import binary, json_body, kernel, monte_carlo, rss, small, workers
+from bench.scenarios import binary, grpc, json_body, kernel, monte_carlo, rss, small, workers
 from bench.stats import Row
 
 #: section name (``--only``/``--skip``) -> its scenario, in the table's order.
@@ -17,4 +17,5 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "rss": rss.run,
     "workers": workers.run,
     "montecarlo": monte_carlo.run,
+    "grpc": grpc.run,
 }

@@ -24,16 +24,26 @@ from service.dataplane import DataPlane
 from service.settings import Settings
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """A new app; the store opens when it starts serving and closes when it stops."""
+def create_app(settings: Settings | None = None, *, grpc: bool = False) -> FastAPI:
+    """A new app; the store opens when it starts serving and closes when it stops. With
+    ``grpc`` (and a GRPC_PORT), the gRPC server runs beside it on the same data plane."""
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.plane = DataPlane.open(settings)
+        server = None
         try:
+            if grpc and settings.grpc_port:
+                from service.grpc.server import start_server
+
+                server = await start_server(app.state.plane, app.state.metrics, settings)
             yield
         finally:
+            if server is not None:
+                # HTTP has drained by now (uvicorn waits for it before the lifespan ends);
+                # gRPC takes no new call, and the calls in flight get the same grace.
+                await server.stop(settings.graceful_shutdown_seconds)
             app.state.plane.close()
             app.state.metrics.close()
 
@@ -70,3 +80,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(docpages.router(app))
     app.openapi = partial(build_openapi, app)  # type: ignore[method-assign]
     return app
+
+
+def create_served_app() -> FastAPI:
+    """``spatial-dropout serve``'s app, in each worker process: settings from the
+    environment, gRPC beside HTTP."""
+    return create_app(Settings(), grpc=True)

@@ -29,33 +29,16 @@ def is_open(path: str) -> bool:
     return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
 
 
-class BearerAuth:
-    """Refuse unauthenticated requests: 401 without a usable header, 403 with a wrong token."""
+class TokenCheck:
+    """Whether an ``Authorization`` value carries one of the configured bearer tokens; HTTP
+    and gRPC (its ``authorization`` metadata) ask the same question of the same object."""
 
-    def __init__(self, app: ASGIApp, tokens: Sequence[str], reads: bool) -> None:
-        self.app = app
-        self.reads = reads
+    def __init__(self, tokens: Sequence[str]) -> None:
         # Compared as SHA-256 digests: equal lengths, so compare_digest leaks not even that.
         self._digests = tuple(hashlib.sha256(token.encode()).digest() for token in tokens)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self._guarded(scope["method"], scope["path"]):
-            await self.app(scope, receive, send)
-            return
-        failure = self._check(_authorization(scope["headers"]))
-        if failure is None:
-            await self.app(scope, receive, send)
-            return
-        error, challenge = failure
-        response = error_response(scope["path"], error, headers={"WWW-Authenticate": challenge})
-        await response(scope, receive, send)
-
-    def _guarded(self, method: str, path: str) -> bool:
-        if method in READ_METHODS and not self.reads:
-            return False
-        return not is_open(path)
-
-    def _check(self, header: bytes | None) -> tuple[ServiceError, str] | None:
+    def check(self, header: bytes | None) -> tuple[ServiceError, str] | None:
+        """None when the header is a known bearer token, else the error and its challenge."""
         if header is None:
             return Unauthorized(), REALM
         scheme, _, token = header.strip().partition(b" ")
@@ -73,6 +56,32 @@ class BearerAuth:
         for known in self._digests:  # every token, every time: no early exit on a match
             found |= hmac.compare_digest(digest, known)
         return found
+
+
+class BearerAuth:
+    """Refuse unauthenticated requests: 401 without a usable header, 403 with a wrong token."""
+
+    def __init__(self, app: ASGIApp, tokens: Sequence[str], reads: bool) -> None:
+        self.app = app
+        self.reads = reads
+        self._tokens = TokenCheck(tokens)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self._guarded(scope["method"], scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        failure = self._tokens.check(_authorization(scope["headers"]))
+        if failure is None:
+            await self.app(scope, receive, send)
+            return
+        error, challenge = failure
+        response = error_response(scope["path"], error, headers={"WWW-Authenticate": challenge})
+        await response(scope, receive, send)
+
+    def _guarded(self, method: str, path: str) -> bool:
+        if method in READ_METHODS and not self.reads:
+            return False
+        return not is_open(path)
 
 
 def _authorization(headers: list[tuple[bytes, bytes]]) -> bytes | None:

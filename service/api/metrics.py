@@ -65,8 +65,22 @@ class Metrics:
             ["route", "direction"],
             registry=self.registry,
         )
+        self.grpc_requests = Counter(
+            "spatial_dropout_grpc_requests",
+            "gRPC calls answered, by method (ModelInfer, ...) and status code (OK, NOT_FOUND...).",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.grpc_latency = Histogram(
+            "spatial_dropout_grpc_request_duration_seconds",
+            "Time from a gRPC call's arrival to its answer.",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         # The labelled children, by (method, route, status): labels() costs more than inc().
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._grpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self.in_progress = Gauge(
             "spatial_dropout_http_requests_in_progress",
             "HTTP requests being served now.",
@@ -95,6 +109,27 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
         if tensor_bytes_in or tensor_bytes_out:
+            self.tensor_bytes.labels(route, "in").inc(tensor_bytes_in)
+            self.tensor_bytes.labels(route, "out").inc(tensor_bytes_out)
+
+    def observe_grpc(
+        self,
+        method: str,
+        code: str,
+        seconds: float,
+        tensor_bytes_in: int = 0,
+        tensor_bytes_out: int = 0,
+    ) -> None:
+        """Count one gRPC call (method names come from the server's own table: bounded)."""
+        key = (method, code)
+        children = self._grpc_children.get(key)
+        if children is None:
+            children = (self.grpc_requests.labels(method, code), self.grpc_latency.labels(method))
+            self._grpc_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        if tensor_bytes_in or tensor_bytes_out:
+            route = f"grpc:{method}"
             self.tensor_bytes.labels(route, "in").inc(tensor_bytes_in)
             self.tensor_bytes.labels(route, "out").inc(tensor_bytes_out)
 

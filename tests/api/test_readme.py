@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.process import free_port
 from tests.conftest import ROOT, Server
 
 README_URL = "http://127.0.0.1:8000"
@@ -96,13 +97,14 @@ def user_terminal(workdir: Path) -> dict[str, str]:
 
 def test_readme_examples_run_as_shown(tmp_path: Path) -> None:
     found = examples(readme())
-    server = Server(tmp_path / "readme.sqlite3").start()
+    server = Server(tmp_path / "readme.sqlite3", grpc_port=free_port()).start()
     work = tmp_path / "work"
     work.mkdir()
     env = user_terminal(work)
     try:
         for index, (kind, code, expected) in enumerate(found):
             code = code.replace(README_URL, server.url).replace("127.0.0.1:8000", server.url[7:])
+            code = code.replace("127.0.0.1:8001", server.grpc_target)
             if kind == "python":
                 script = work / f"snippet{index}.py"
                 script.write_text(code, encoding="utf-8")

@@ -209,6 +209,8 @@ class Containers:
         settings = {
             "SPATIAL_DROPOUT_HOST": "127.0.0.1",
             "SPATIAL_DROPOUT_PORT": str(container.port),
+            # Every container shares the host's network: gRPC's default 8001 would collide.
+            "SPATIAL_DROPOUT_GRPC_PORT": "0",
             "SPATIAL_DROPOUT_LOG_LEVEL": "warning",
             **(env or {}),
         }
