@@ -27,7 +27,7 @@ from service.client._calls import (
     ModelPage,
     Stored,
 )
-from service.client._core import Call, RetryPolicy, transport_error
+from service.client._core import Call, RetryPolicy, next_cursor, transport_error
 from service.client.errors import ClientError
 
 T = TypeVar("T")
@@ -137,7 +137,7 @@ class Client:
         while True:
             page = self.list_layers(limit=page_size, cursor=cursor)
             yield from page["items"]
-            cursor = page["next_cursor"]
+            cursor = next_cursor(page, cursor)
             if cursor is None:
                 return
 
@@ -215,7 +215,7 @@ class Client:
         while True:
             page = self.list_models(limit=page_size, cursor=cursor)
             yield from page["items"]
-            cursor = page["next_cursor"]
+            cursor = next_cursor(page, cursor)
             if cursor is None:
                 return
 
@@ -322,7 +322,7 @@ class AsyncClient:
             page = await self.list_layers(limit=page_size, cursor=cursor)
             for item in page["items"]:
                 yield item
-            cursor = page["next_cursor"]
+            cursor = next_cursor(page, cursor)
             if cursor is None:
                 return
 
@@ -397,7 +397,7 @@ class AsyncClient:
             page = await self.list_models(limit=page_size, cursor=cursor)
             for item in page["items"]:
                 yield item
-            cursor = page["next_cursor"]
+            cursor = next_cursor(page, cursor)
             if cursor is None:
                 return
 

@@ -163,6 +163,15 @@ def content_of(response: httpx.Response) -> bytes:
     return check(response).content
 
 
+def next_cursor(page: Mapping[str, Any], sent: str | None) -> str | None:
+    """The cursor of the page after ``page`` (None: it was the last), guarded so that a
+    server repeating a cursor ends the walk with an error instead of looping forever."""
+    cursor = page["next_cursor"]
+    if cursor is not None and cursor == sent:
+        raise ClientError(f"The server answered cursor {cursor!r} again; the listing stops.")
+    return cursor if isinstance(cursor, str) else None
+
+
 def segment(name: str) -> str:
     """A path segment: names may hold any character, so every reserved one is escaped."""
     return quote(name, safe="")
