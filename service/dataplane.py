@@ -182,9 +182,7 @@ class DataPlane:
             ),
             data_format=settings.data_format,
             layer_cache_seconds=settings.layer_cache_seconds,
-            model_repository=(
-                None if settings.model_repository is None else Path(settings.model_repository)
-            ),
+            model_repository=Path(settings.model_repository) if settings.model_repository else None,
             model_cache_bytes=settings.model_cache_bytes,
             model_threads=settings.model_threads,
         )

@@ -33,8 +33,8 @@ class Settings(BaseSettings):
     max_model_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     """Largest model ``PUT /models/{name}`` takes; larger gets 413 before it is read."""
 
-    model_repository: str | None = None
-    """A read-only directory of models (``NAME.onnx`` or ``NAME/model.onnx``) served by name."""
+    model_repository: str = ""
+    """Read-only directory of models served by name: ``NAME.onnx`` or ``NAME/model.onnx``."""
 
     max_mc_samples: int = Field(default=256, ge=1)
     """Most Monte Carlo samples (``mc_samples``) one V2 infer call may ask for."""

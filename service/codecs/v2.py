@@ -357,12 +357,28 @@ def encode_infer(
     return [head, *blobs], len(head)
 
 
+#: Output datatypes a model may answer beyond the float dtypes inputs take (argmax, masks).
+_OTHER_OUTPUTS: Final[dict[str, str]] = {
+    "bool": "BOOL",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+}
+
+
 def _v2_datatype(array: NDArray[Any]) -> str:
-    if array.dtype == np.bool_:
-        return "BOOL"
     name = dtype_name(array.dtype)
-    assert name is not None, array.dtype
-    return V2_DATATYPES[name]
+    if name is not None:
+        return V2_DATATYPES[name]
+    other = _OTHER_OUTPUTS.get(array.dtype.newbyteorder("=").name)
+    if other is None:
+        raise InvalidInferRequest(f"An output of dtype {array.dtype} has no V2 datatype.")
+    return other
 
 
 def _little_endian(array: NDArray[Any]) -> memoryview:

@@ -165,19 +165,28 @@ class PostgresLayerStore:
     def put_model(self, name: str, data: bytes, info: dict[str, Any]) -> tuple[StoredModel, bool]:
         created_at = datetime.now(UTC)
 
-        def upsert(conn: Connection, _maybe_applied: bool) -> tuple[StoredModel, bool]:
+        def upsert(conn: Connection, maybe_applied: bool) -> tuple[StoredModel, bool]:
+            if maybe_applied:
+                # The first run's row, if it committed: found, nothing is written again.
+                mine = conn.execute(
+                    "SELECT created_at FROM models WHERE name = %s AND info->>'sha256' = %s",
+                    (name, info["sha256"]),
+                ).fetchone()
+                if mine is not None:
+                    return StoredModel(name, info, mine[0].isoformat()), mine[0] == created_at
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_NAMES_LOCK,))
             if conn.execute("SELECT 1 FROM layers WHERE name = %s", (name,)).fetchone():
                 raise NameConflict(name)
-            # Running again after a lost COMMIT writes the same bytes: an upsert is idempotent.
+            # Running again after a lost COMMIT writes the same bytes: an upsert is idempotent,
+            # and the row's created_at (only an insert sets it) tells whether this put made it.
             row = conn.execute(
                 "INSERT INTO models (name, info, onnx, created_at) VALUES (%s, %s, %s, %s) "
                 "ON CONFLICT (name) DO UPDATE SET info = EXCLUDED.info, onnx = EXCLUDED.onnx "
-                "RETURNING created_at, (xmax = 0)",
+                "RETURNING created_at",
                 (name, Jsonb(info), data, created_at),
             ).fetchone()
             assert row is not None
-            return StoredModel(name, info, row[0].isoformat()), bool(row[1])
+            return StoredModel(name, info, row[0].isoformat()), row[0] == created_at
 
         unsure = (
             f"The store stopped answering while model {name!r} was being stored: it may or may "

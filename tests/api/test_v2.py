@@ -339,7 +339,7 @@ def test_the_readme_tritonclient_snippet_runs(server: Server, client: httpx.Clie
     (snippet,) = [
         block
         for block in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
-        if "tritonclient" in block
+        if "tritonclient" in block and 'client.infer("sd"' in block
     ]
     if client.get("/layers/sd").status_code == 404:
         create(client, name="sd", rate=0.5)

@@ -426,7 +426,20 @@ V2_REFUSALS: list[tuple[str, bytes, dict[str, str | bytes], int, str]] = [
         422,
         "BYTES",
     ),
-    ("two-inputs", orjson.dumps({"inputs": [{}, {}]}), {}, 400, "exactly one input"),
+    (
+        "two-inputs",
+        orjson.dumps(
+            {
+                "inputs": [
+                    {"name": name, "shape": [1], "datatype": "FP32", "data": [1.0]}
+                    for name in ("a", "b")
+                ]
+            }
+        ),
+        {},
+        400,
+        "exactly one input",
+    ),
 ]
 
 

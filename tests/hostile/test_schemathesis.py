@@ -74,14 +74,23 @@ def _npy_parameters(case: Case[Any], code: str | None) -> bool:
     return not (case.query or {}).get("layer")
 
 
+#: What a model body is checked against: being an ONNX model onnxruntime loads.
+_MODEL_BODY: Final = frozenset(
+    {"invalid_model", "external_data", "model_not_loadable", "too_many_nodes", "unsupported_opset"}
+)
+
+
 def _tensor_fits(case: Case[Any], code: str | None) -> bool:
+    if case.operation.label == "PUT /models/{name}":
+        return code in _MODEL_BODY
     if case.operation.label in _INFER:
         return code is None  # the protocol's {"error": ...}: its statuses are checked below
     return case.operation.label in (_APPLY, "GET /layers/{ref}/onnx") and code in _FITS
 
 
 def _name_rules(case: Case[Any], code: str | None) -> bool:
-    return case.operation.label in ("POST /layers", _APPLY) and code == "invalid_name"
+    labels = ("POST /layers", _APPLY, "PUT /models/{name}")
+    return case.operation.label in labels and code == "invalid_name"
 
 
 #: Why a schema-valid request may still be refused; nothing else may refuse one.
@@ -92,7 +101,8 @@ BEYOND_SCHEMA: Final[dict[str, tuple[str, Callable[[Case[Any], str | None], bool
         _npy_parameters,
     ),
     "a tensor fits its layer": (
-        "A tensor's rank, shape and values (and an export's rank and seed) must fit its layer "
+        "A model body must be an ONNX model onnxruntime loads; a tensor's rank, shape and "
+        "values (and an export's rank and seed) must fit its layer "
         "(stored, so not in the schema), its dtype and the server's limits, and its data must "
         "match its declared "
         "shape, or binary_data_size and Inference-Header-Content-Length the bytes that follow "

@@ -503,3 +503,29 @@ def test_another_table_gets_the_same_guarantees_from_database(service: Service) 
         assert db.read(lambda conn: conn.execute("SELECT count(*) FROM probes").fetchone()) == (1,)
     finally:
         db.close()
+
+
+def test_a_model_put_whose_commit_acknowledgement_is_lost_is_its_success(
+    service: Service,
+) -> None:
+    from tests.api.test_models import plain
+
+    model = plain()
+    headers = {"content-type": "application/octet-stream"}
+    with commits_never_acknowledged(service):
+        thread, box = in_thread(
+            lambda: service.client.put("/models/ack-lost-model", content=model, headers=headers)
+        )
+        end_the_committing_backend(service)
+        response = answered(thread, box)
+    assert response.status_code == 201, response.text
+    with service.pg.admin() as conn:
+        rows = conn.execute("SELECT onnx FROM models WHERE name = 'ack-lost-model'").fetchall()
+    assert [bytes(row[0]) for row in rows] == [model]  # stored once, whole
+    assert service.client.get("/models/ack-lost-model/onnx").content == model
+    with commits_never_acknowledged(service):
+        thread, box = in_thread(lambda: service.client.delete("/models/ack-lost-model"))
+        end_the_committing_backend(service)
+        response = answered(thread, box)
+    assert response.status_code == 204, response.text
+    assert service.client.get("/models/ack-lost-model").status_code == 404

@@ -50,6 +50,45 @@ class ModelPage(BaseModel):
     )
 
 
+_MODEL_EXAMPLE: Final[dict[str, Any]] = {
+    "name": "classifier",
+    "sha256": "9f2c" + "0" * 60,
+    "bytes": 46830112,
+    "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, 3, 64, 64]}],
+    "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 1000]}],
+    "layers": [
+        {
+            "index": 0,
+            "tensor": "/layer1/layer1.1/relu_1/Relu_output_0",
+            "insertion": 0,
+            "seed": 7,
+            "stream_seed": 1234567,
+            "layer": {"kind": "spatial_dropout_2d", "rate": 0.1, "data_format": "channels_first"},
+            "prefix": "spatial_dropout_0/",
+            "dropout": "spatial_dropout_0/Dropout_3",
+            "platform": {"runtime": "onnxruntime", "provider": "CPUExecutionProvider"},
+        }
+    ],
+    "created_at": "2026-12-01T23:00:00+00:00",
+    "read_only": False,
+}
+
+
+def _json(example: Any, description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"example": example}}}
+
+
+_BINARY: Final = {
+    "description": "The model's bytes",
+    "content": {
+        ONNX_MEDIA_TYPE: {
+            "schema": {"type": "string", "format": "binary"},
+            "example": "(the stored ONNX ModelProto)",
+        }
+    },
+}
+
+
 def _description(
     name: str, info: dict[str, Any], created_at: str | None, read_only: bool
 ) -> ModelDescription:
@@ -87,12 +126,17 @@ def _put(plane: DataPlane, name: str, data: bytes) -> tuple[ModelDescription, bo
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {ONNX_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+            "content": {
+                ONNX_MEDIA_TYPE: {
+                    "schema": {"type": "string", "format": "binary"},
+                    "example": "(an ONNX ModelProto, composed or not)",
+                }
+            },
         }
     },
     responses={
-        200: {"description": "Replaced", "model": ModelDescription},
-        201: {"description": "Created", "model": ModelDescription},
+        200: _json(_MODEL_EXAMPLE, "Replaced"),
+        201: _json(_MODEL_EXAMPLE, "Created; Location names it"),
         **problems(
             errors.NameConflict,
             errors.ReadOnlyModel,
@@ -121,7 +165,10 @@ async def put_model(
 @router.get(
     "",
     summary="List models: stored ones oldest first, then the repository's",
-    responses={**problems(errors.InvalidCursor)},
+    responses={
+        200: _json({"items": [_MODEL_EXAMPLE], "next_cursor": None}),
+        **problems(errors.InvalidCursor),
+    },
 )
 def list_models(
     store: StoreDep,
@@ -153,7 +200,7 @@ def list_models(
 @router.get(
     "/{name}",
     summary="Read a model's description",
-    responses={**problems(errors.ModelNotFound)},
+    responses={200: _json(_MODEL_EXAMPLE), **problems(errors.ModelNotFound, errors.BodyTooLarge)},
 )
 def read_model(name: str, plane: PlaneDep) -> ModelDescription:
     ref = plane.model_ref(name)
@@ -165,7 +212,7 @@ def read_model(name: str, plane: PlaneDep) -> ModelDescription:
     summary="Download the model's bytes",
     response_class=Response,
     responses={
-        200: {"content": {ONNX_MEDIA_TYPE: {"schema": {"type": "string", "format": "binary"}}}},
+        200: _BINARY,
         **problems(errors.ModelNotFound),
     },
 )

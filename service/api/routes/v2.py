@@ -1,4 +1,5 @@
-"""/v2: the Open Inference Protocol (KServe / Triton), where each stored layer is a model.
+"""/v2: the Open Inference Protocol (KServe / Triton): each stored layer is a model, beside the
+stored (and repository) ONNX models.
 
 Bodies are read raw and split by ``Inference-Header-Content-Length`` (see service.codecs.v2);
 errors here are ``{"error": "..."}``, which is what the protocol's clients parse.
@@ -25,7 +26,7 @@ SERVER_NAME: Final = PLATFORM
 _TAG: Final = "v2 (Open Inference Protocol)"
 router = APIRouter(prefix="/v2", tags=[_TAG])
 
-_NAME_DOC: Final = "The layer's name (or id)."
+_NAME_DOC: Final = "The model's name: a stored model, a repository model, or a layer (or its id)."
 _VERSION_DOC: Final = "Only '1' exists."
 ModelName = Annotated[str, Path(description=_NAME_DOC)]
 ModelVersion = Annotated[str, Path(description=_VERSION_DOC)]
@@ -235,10 +236,12 @@ def _infer_route(path: str, summary: str, *parameters: dict[str, Any]) -> RawRou
 
 
 INFER_ROUTES: Final = [
-    _infer_route("/v2/models/{name}/infer", "Run the layer", path_parameter("name", _NAME_DOC)),
+    _infer_route(
+        "/v2/models/{name}/infer", "Run the model or layer", path_parameter("name", _NAME_DOC)
+    ),
     _infer_route(
         "/v2/models/{name}/versions/{version}/infer",
-        "Run the layer (versioned)",
+        "Run the model or layer (versioned)",
         path_parameter("name", _NAME_DOC),
         path_parameter("version", _VERSION_DOC),
     ),
