@@ -317,12 +317,13 @@ def test_compose_models_and_monte_carlo_agree_with_raw_http(sd: Client, raw: htt
     assert names == [m["name"] for m in raw.get("/models").json()["items"]]
 
     x = images(3)
-    for parameters in (
+    cases: list[dict[str, Any]] = [
         {},
         {"training": True, "seed": 5},
         {"mc_samples": 4, "seed": 100},
         {"mc_samples": 4, "seed": 100, "mc_statistics": True},
-    ):
+    ]
+    for parameters in cases:
         got = sd.infer(name, {"image": x}, **parameters)
         want, used = raw_infer(raw, name, x, **parameters)
         assert got.parameters == used
@@ -523,3 +524,16 @@ def test_the_policy_backs_off_and_honours_retry_after() -> None:
     assert policy.delay(1, LayerNotFound(404, "layer_not_found", "no"), True) is None
     jittered = RetryPolicy(backoff=1.0)
     assert all(0 <= (jittered.delay(1, broken, True) or 0) <= 1.0 for _ in range(50))
+
+
+def test_retry_after_takes_seconds_or_an_http_date() -> None:
+    from datetime import UTC, datetime, timedelta
+    from email.utils import format_datetime
+
+    from service.client._core import retry_after
+
+    assert retry_after("3") == 3.0
+    assert retry_after(None) is None and retry_after("soon") is None
+    later = format_datetime(datetime.now(UTC) + timedelta(hours=1), usegmt=True)
+    assert 3000 < (retry_after(later) or 0) <= 3600
+    assert retry_after(format_datetime(datetime(2000, 1, 1, tzinfo=UTC), usegmt=True)) == 0.0
