@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import onnx
 import pytest
 import yaml
+from onnx import TensorProto, helper
 
 from tests.conftest import ROOT, free_port
 
@@ -88,6 +90,20 @@ def render(directory: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(done.stdout) if doc]
 
 
+def tiny_model() -> bytes:
+    """An ONNX graph of one ReLU, "input" to "output", FP32 of shape (N, 4, 4, 16)."""
+    dims: list[str | int] = ["N", 4, 4, 16]
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["input"], ["output"])],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, dims)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
 def unique(kind: str) -> str:
     return f"sd-test-{kind}-{uuid.uuid4().hex[:10]}"
 
@@ -147,10 +163,16 @@ class Container:
 
     name: str
     port: int = field(default_factory=free_port)
+    grpc_port: int = field(default_factory=free_port)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_target(self) -> str:
+        """``host:port`` of its gRPC server, as tritonclient.grpc takes it."""
+        return f"127.0.0.1:{self.grpc_port}"
 
     def wait_ready(self, timeout: float = 90) -> Container:
         deadline = time.monotonic() + timeout
@@ -203,14 +225,17 @@ class Containers:
         read_only: bool = True,
         command: tuple[str, ...] = (),
         port: int | None = None,
+        grpc_port: int | None = None,
+        mounts: dict[Path, str] | None = None,
     ) -> Container:
-        container = Container(unique("run"), port or free_port())
+        """``mounts`` maps host directories to where the container sees them, read-only."""
+        container = Container(unique("run"), port or free_port(), grpc_port or free_port())
         self.names.append(container.name)
         settings = {
             "SPATIAL_DROPOUT_HOST": "127.0.0.1",
             "SPATIAL_DROPOUT_PORT": str(container.port),
-            # Every container shares the host's network: gRPC's default 8001 would collide.
-            "SPATIAL_DROPOUT_GRPC_PORT": "0",
+            # Containers share the host's network: each its own gRPC port, not the default 8001.
+            "SPATIAL_DROPOUT_GRPC_PORT": str(container.grpc_port),
             "SPATIAL_DROPOUT_LOG_LEVEL": "warning",
             **(env or {}),
         }
@@ -225,6 +250,11 @@ class Containers:
             *(["--read-only", "--tmpfs", "/tmp"] if read_only else []),
             "--volume",
             f"{volume or self.volume()}:/data",
+            *[
+                part
+                for source, target in (mounts or {}).items()
+                for part in ("--volume", f"{source}:{target}:ro")
+            ],
             *[part for key, value in settings.items() for part in ("--env", f"{key}={value}")],
             self.image,
             *command,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.api.helpers import fp32_input
-from tests.docker.conftest import Containers, image_size, podman
+from tests.docker.conftest import Containers, image_size, podman, tiny_model, ulimits
 from tests.graceful import apply_while_stopping, dropped_whole_at_half
 
 if TYPE_CHECKING:
@@ -63,6 +64,18 @@ def test_the_image_is_lean_and_keeps_its_healthcheck(image: str) -> None:
     assert config["User"] == "10001:10001"
 
 
+def test_the_image_has_the_compiled_kernel_and_no_compiler(image: str) -> None:
+    # Built in the build stage, which has gcc; the run stage gets the extension, not gcc.
+    probe = (
+        "import shutil, service.core._fastkernel; from service.core import fastkernel; "
+        "print(fastkernel.available(), shutil.which('gcc') or shutil.which('cc'))"
+    )
+    found = podman(
+        "run", "--rm", "--network", "host", *ulimits(), "--entrypoint", "python", image, "-c", probe
+    )
+    assert found.split() == ["True", "None"], found
+
+
 def test_read_only_serves_as_uid_10001_passes_its_healthcheck_and_keeps_data_for_data(
     containers: Containers,
 ) -> None:
@@ -105,10 +118,47 @@ def _read_layer(url: str) -> object:
     return layer["id"], layer["rate"], layer["seed"], apply(url, "kept", 9)
 
 
+def store_model(url: str, name: str, seed: int) -> bytes:
+    """The tiny model with a spatial dropout composed after its output, stored as ``name``."""
+    layer = f"{name}-dropout"
+    made = httpx.post(f"{url}/layers", json={"name": layer, "rate": 0.5})
+    assert made.status_code == 201, made.text
+    composed = httpx.post(
+        f"{url}/layers/{layer}/compose",
+        params={"after": "output", "seed": seed},
+        content=tiny_model(),
+        headers={"content-type": "application/octet-stream"},
+        timeout=30,
+    )
+    assert composed.status_code == 200, composed.text
+    stored = httpx.put(
+        f"{url}/models/{name}",
+        content=composed.content,
+        headers={"content-type": "application/octet-stream"},
+        timeout=30,
+    )
+    assert stored.status_code == 201, stored.text
+    assert stored.json()["sha256"] == hashlib.sha256(composed.content).hexdigest()
+    return composed.content
+
+
+def _store_model(url: str) -> object:
+    store_model(url, "kept-model", 4)
+    return _read_model(url)
+
+
+def _read_model(url: str) -> object:
+    described = httpx.get(f"{url}/models/kept-model").json()
+    data = httpx.get(f"{url}/models/kept-model/onnx").content
+    assert hashlib.sha256(data).hexdigest() == described["sha256"]
+    return described["sha256"], data, infer(url, "kept-model", 9)
+
+
 # What a restart keeps: for each kind of stored thing, (store one, read it back); each returns
 # what must come back the same.
 SURVIVORS: dict[str, tuple[Callable[[str], object], Callable[[str], object]]] = {
     "layer": (_store_layer, _read_layer),
+    "model": (_store_model, _read_model),
 }
 
 
@@ -134,7 +184,7 @@ def test_sigterm_lets_a_slow_request_finish_with_200_then_exits_0(containers: Co
     assert podman("wait", served.name, timeout=90).strip() == "0", served.logs()
 
 
-def test_two_containers_on_one_postgres_share_layers_and_masks(
+def test_two_containers_on_one_postgres_share_layers_models_and_masks(
     containers: Containers, postgres: PostgresServer
 ) -> None:
     env = {"SPATIAL_DROPOUT_DATABASE_URL": postgres.new_database()}
@@ -148,3 +198,8 @@ def test_two_containers_on_one_postgres_share_layers_and_masks(
         assert apply(one.url, layer, 11) == apply(two.url, layer, 11)
         assert infer(one.url, layer, 12) == infer(two.url, layer, 12)
     assert apply(one.url, "shared", 11) != apply(one.url, "shared", 13)  # seeds do matter
+    # A model stored through one is served by the other, bit for bit, for the same seed.
+    model = store_model(one.url, "shared-model", 6)
+    assert httpx.get(f"{two.url}/models/shared-model/onnx").content == model
+    assert infer(one.url, "shared-model", 12) == infer(two.url, "shared-model", 12)
+    assert infer(two.url, "shared-model", 12) != infer(two.url, "shared-model", 13)

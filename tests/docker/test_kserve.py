@@ -8,23 +8,23 @@ No KServe runs here: what a cluster would do with them (download, route, scale) 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
 import jsonschema
 import pytest
+import tritonclient.grpc as triton
 
 from service.settings import Settings
 from tests.conftest import free_port
-from tests.docker.conftest import Containers, render
+from tests.docker.conftest import Containers, render, tiny_model
 from tests.docker.kserve_schemas import FACTS, MANIFESTS
 
 PREFIX = "SPATIAL_DROPOUT_"
 SETTINGS = {PREFIX + name.upper() for name in Settings.model_fields}
-# Named by the runtime for the stored models that serve from KServe's /mnt/models; not settings
-# yet. Once they are, this set empties (the last test says so).
-PENDING_SETTINGS = {f"{PREFIX}MODEL_NAME", f"{PREFIX}MODEL_REPOSITORY"}
 KSERVE_HTTP_PORT = 8080  # where KServe sends /v2 traffic, and its probes
+KSERVE_GRPC_PORT = 8081  # where KServe sends h2c traffic
 
 Doc = dict[str, Any]
 
@@ -64,10 +64,14 @@ def test_the_runtime_speaks_v2_on_kserves_port_and_reads_mnt_models(
     container = runtime_container(rendered)
     assert container["name"] == "kserve-container"  # the name KServe looks for
     assert container["args"][0] == "serve" and f"--port={KSERVE_HTTP_PORT}" in container["args"]
+    assert f"--grpc-port={KSERVE_GRPC_PORT}" in container["args"]
+    # KServe routes gRPC to the container port named h2c.
+    assert container["ports"] == [
+        {"name": "h2c", "containerPort": KSERVE_GRPC_PORT, "protocol": "TCP"}
+    ]
     env = {item["name"]: item["value"] for item in container["env"]}
     assert env[f"{PREFIX}MODEL_REPOSITORY"] == "/mnt/models"
-    assert env[f"{PREFIX}MODEL_NAME"] == "{{.Name}}"  # KServe fills in the service's name
-    assert set(env) <= SETTINGS | PENDING_SETTINGS, set(env) - SETTINGS - PENDING_SETTINGS
+    assert set(env) <= SETTINGS, set(env) - SETTINGS
     for probe, path in (
         ("readinessProbe", "/v2/health/ready"),
         ("livenessProbe", "/v2/health/live"),
@@ -93,25 +97,42 @@ def test_the_inference_service_uses_the_runtime_for_a_format_it_supports(
 
 
 def test_the_runtime_container_serves_v2_with_the_arguments_kserve_gives_it(
-    rendered: dict[str, Doc], containers: Containers
+    rendered: dict[str, Doc], containers: Containers, tmp_path: Path
 ) -> None:
     container = runtime_container(rendered)
     name = rendered["InferenceService"]["metadata"]["name"]
-    env = {item["name"]: item["value"].replace("{{.Name}}", name) for item in container["env"]}
-    # As KServe runs it, but on loopback and a free port: only 127.0.0.1 is reachable here.
-    port = free_port()
+    env = {item["name"]: item["value"] for item in container["env"]}
+    # /mnt/models as KServe leaves it for a storageUri of one object: the file, its name kept.
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / f"{name}.onnx").write_bytes(tiny_model())
+    for path in (tmp_path, models, *models.iterdir()):  # readable by the container's uid 10001
+        path.chmod(0o755)
+    # As KServe runs it, but on loopback and free ports: only 127.0.0.1 is reachable here.
+    port, grpc_port = free_port(), free_port()
     loopback = {
         "--host=0.0.0.0": "--host=127.0.0.1",
         f"--port={KSERVE_HTTP_PORT}": f"--port={port}",
+        f"--grpc-port={KSERVE_GRPC_PORT}": f"--grpc-port={grpc_port}",
     }
     command = tuple(loopback.get(arg, arg) for arg in container["args"])
     assert all(arg in container["args"] for arg in loopback)
-    served = containers.run(env=env, command=command, port=port)
+    served = containers.run(
+        env=env,
+        command=command,
+        port=port,
+        grpc_port=grpc_port,
+        mounts={models: env[f"{PREFIX}MODEL_REPOSITORY"]},
+    )
     assert httpx.get(f"{served.url}/v2/health/ready").status_code == 200
     assert httpx.get(f"{served.url}/v2/health/live").status_code == 200
     assert httpx.get(f"{served.url}/v2").json()["name"]
-
-
-def test_no_pending_setting_has_landed() -> None:
-    landed = PENDING_SETTINGS & SETTINGS
-    assert not landed, f"now settings: drop {sorted(landed)} from PENDING_SETTINGS"
+    assert httpx.get(f"{served.url}/v2/models/{name}/ready").status_code == 200
+    assert httpx.get(f"{served.url}/v2/models/other/ready").status_code == 404
+    # The h2c port speaks the protocol over gRPC, to tritonclient's own client.
+    client = triton.InferenceServerClient(served.grpc_target)
+    try:
+        assert client.is_server_live() and client.is_server_ready()
+        assert client.is_model_ready(name)
+    finally:
+        client.close()

@@ -69,9 +69,14 @@ def test_renders_and_passes_kubernetes_validate_strict(rendered: list[Doc], tmp_
 def test_probes_resources_and_a_locked_down_non_root_pod(rendered: list[Doc]) -> None:
     pod = one(rendered, "Deployment")["spec"]["template"]["spec"]
     container = container_of(rendered)
-    (port,) = container["ports"]
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port["name"]}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port["name"]}
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    config = one(rendered, "ConfigMap")["data"]
+    assert ports == {
+        "http": int(config[f"{PREFIX}PORT"]),
+        "grpc": int(config[f"{PREFIX}GRPC_PORT"]),
+    }
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     for bound in ("requests", "limits"):
         assert set(container["resources"][bound]) == {"cpu", "memory"}
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -117,8 +122,8 @@ def test_service_budget_and_autoscaler_all_point_at_the_deployment(rendered: lis
     service, budget = one(rendered, "Service"), one(rendered, "PodDisruptionBudget")
     assert service["spec"]["selector"].items() <= labels.items()
     assert budget["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    ((port,),) = [service["spec"]["ports"]]
-    assert port["targetPort"] == container_of(rendered)["ports"][0]["name"]
+    named = {port["name"] for port in container_of(rendered)["ports"]}
+    assert {port["targetPort"] for port in service["spec"]["ports"]} == named == {"http", "grpc"}
     target = one(rendered, "HorizontalPodAutoscaler")["spec"]["scaleTargetRef"]
     assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
 
@@ -147,13 +152,16 @@ def test_sqlite_holds_one_pod_and_the_overlay_runs_replicas_on_postgresql() -> N
     assert one(postgres, "HorizontalPodAutoscaler")["spec"]["minReplicas"] >= 2
 
 
-def for_podman(docs: list[Doc], image: str, port: int, suffix: str) -> tuple[list[Doc], Doc]:
+def for_podman(
+    docs: list[Doc], image: str, port: int, grpc_port: int, suffix: str
+) -> tuple[list[Doc], Doc]:
     """The base's ConfigMap, claim and Deployment as ``podman play kube`` can run them here,
     and the Secret's data as a podman secret wants it.
 
     What changes, and why: unique names (this machine may run other pods); the image under
-    test; the service on 127.0.0.1 and a free port (host network only, so no container port
-    list: podman refuses port mappings there, and probes name the port by number). podman 4.3
+    test; the service on 127.0.0.1 and free ports, HTTP and gRPC (host network only, so no
+    container port list: podman refuses port mappings there, and probes name the port by
+    number). podman 4.3
     stores a played Secret as YAML but reads ``secretKeyRef`` as JSON of base64 values, so the
     Secret becomes a podman secret made beforehand.
     """
@@ -167,7 +175,13 @@ def for_podman(docs: list[Doc], image: str, port: int, suffix: str) -> tuple[lis
     }
     for doc in (config, claim, deployment):
         doc["metadata"]["name"] = names[doc["metadata"]["name"]]
-    config["data"].update({f"{PREFIX}HOST": "127.0.0.1", f"{PREFIX}PORT": str(port)})
+    config["data"].update(
+        {
+            f"{PREFIX}HOST": "127.0.0.1",
+            f"{PREFIX}PORT": str(port),
+            f"{PREFIX}GRPC_PORT": str(grpc_port),
+        }
+    )
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     container["image"] = image
@@ -195,8 +209,8 @@ def for_podman(docs: list[Doc], image: str, port: int, suffix: str) -> tuple[lis
 @pytest.fixture
 def played(image: str, tmp_path: Path) -> Iterator[Container]:
     """The base's Deployment run by ``podman play kube``; taken down and removed after."""
-    port, suffix = free_port(), unique("kube")
-    docs, secret = for_podman(render(OVERLAYS["base"]), image, port, suffix)
+    port, grpc_port, suffix = free_port(), free_port(), unique("kube")
+    docs, secret = for_podman(render(OVERLAYS["base"]), image, port, grpc_port, suffix)
     manifest = tmp_path / "deployment.yaml"
     manifest.write_text(yaml.safe_dump_all(docs), encoding="utf-8")
     (tmp_path / "secret.json").write_text(json.dumps(secret["data"]), encoding="utf-8")
@@ -217,7 +231,7 @@ def played(image: str, tmp_path: Path) -> Iterator[Container]:
         deployment = one(docs, "Deployment")
         (container,) = deployment["spec"]["template"]["spec"]["containers"]
         name = f"{deployment['metadata']['name']}-pod-0-{container['name']}"
-        yield Container(name, port).wait_ready()
+        yield Container(name, port, grpc_port).wait_ready()
     finally:
         podman("play", "kube", "--down", str(manifest), env=env, check=False, timeout=300)
         podman("volume", "rm", "--force", claim, check=False)
