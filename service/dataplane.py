@@ -8,9 +8,10 @@ and their answers back (MLServer's ``handlers/dataplane.py`` plays the same part
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -268,6 +269,55 @@ class DataPlane:
             outputs=info.outputs,
             parameters={"layers": len(info.layers)},
         )
+
+    # -- the model routes ------------------------------------------------------------------
+
+    def put_model(self, name: str, data: bytes) -> tuple[ModelRef, bool]:
+        """Store ``data`` as model ``name`` (True: it is new). It is checked and loaded by
+        onnxruntime first, so what is stored always serves; repository names are read-only."""
+        if self.repository is not None and self.repository.has(name):
+            raise errors.ReadOnlyModel(name)
+        sha256 = hashlib.sha256(data).hexdigest()
+        info = self.runners.get(sha256, data).info.as_dict()
+        stored, created = self._layers.put_model(name, data, info)
+        return ModelRef(name, sha256, None, info=info, created_at=stored.created_at), created
+
+    def model_page(self, limit: int, cursor: str | None) -> tuple[list[ModelRef], str | None]:
+        """One page of models: the stored ones oldest first, then (after the last stored page)
+        the repository's, less the files that are not models."""
+        page = self._layers.list_models(limit, cursor)
+        refs = [
+            ModelRef(m.name, str(m.info["sha256"]), None, info=m.info, created_at=m.created_at)
+            for m in page.models
+        ]
+        if page.next_cursor is None and self.repository is not None:
+            for name in self.repository.names():
+                try:
+                    ref = self.model_ref(name)
+                    refs.append(replace(ref, info=self.model_info(ref).as_dict()))
+                except errors.ServiceError:  # too large or not a model: GET /models/{name} says
+                    continue
+        return refs, page.next_cursor
+
+    def described(self, name: str) -> ModelRef:
+        """Model ``name`` with its description (``info``) filled in."""
+        ref = self.model_ref(name)
+        return replace(ref, info=self.model_info(ref).as_dict())
+
+    def model_bytes(self, name: str) -> bytes:
+        """The bytes of model ``name``, as stored (or as its repository file holds them)."""
+        if self.repository is not None:
+            found = self.repository.read(name)
+            if found is not None:
+                return found.data
+        stored = self._layers.get_model(name, with_data=True)
+        assert stored.data is not None
+        return stored.data
+
+    def delete_model(self, name: str) -> None:
+        if self.repository is not None and self.repository.has(name):
+            raise errors.ReadOnlyModel(name)
+        self._layers.delete_model(name)
 
     def model_info(self, ref: ModelRef) -> ModelInfo:
         if ref.info is not None:

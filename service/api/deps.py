@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Query, Request
 
 from service.api.metrics import Metrics
 from service.api.negotiation import check_acceptable, require_media_type
@@ -70,3 +70,16 @@ StoreDep = Annotated[LayerStore, Depends(get_store)]
 PlaneDep = Annotated[DataPlane, Depends(get_plane)]
 AcceptsJson = Depends(accepts_json)
 SendsJson = Depends(sends_json)
+
+#: The page size and the cursor of a listing (``GET /layers``, ``GET /models``).
+PageLimit = Annotated[int, Query(ge=1, le=1000, description="Page size.")]
+PageCursor = Annotated[
+    str | None,
+    Query(
+        max_length=32,
+        description="next_cursor of the previous page.",
+        # Documented, not enforced here: the store refuses other cursors as invalid_cursor,
+        # a code of their own, rather than as a generic validation_error.
+        json_schema_extra={"pattern": "^[0-9]{1,18}$"},
+    ),
+]

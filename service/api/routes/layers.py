@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query, Response
+from fastapi import APIRouter, Body, Response
 
 from service import errors
-from service.api.deps import AcceptsJson, SendsJson, SettingsDep, StoreDep
+from service.api.deps import AcceptsJson, PageCursor, PageLimit, SendsJson, SettingsDep, StoreDep
 from service.api.docs import problems
 from service.layers.resolve import resolve_body, to_keras
 from service.layers.spec import KerasSerialized, Layer, LayerBody, LayerPage
@@ -105,20 +105,7 @@ def create_layer(
         **problems(errors.RequestValidation, errors.InvalidCursor, errors.NotAcceptable),
     },
 )
-def list_layers(
-    store: StoreDep,
-    limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
-    cursor: Annotated[
-        str | None,
-        Query(
-            max_length=32,
-            description="next_cursor of the previous page.",
-            # Documented, not enforced here: the store refuses other cursors as invalid_cursor,
-            # a code of their own, rather than as a generic validation_error.
-            json_schema_extra={"pattern": "^[0-9]{1,18}$"},
-        ),
-    ] = None,
-) -> LayerPage:
+def list_layers(store: StoreDep, limit: PageLimit = 100, cursor: PageCursor = None) -> LayerPage:
     page = store.list(limit, cursor)
     return LayerPage(items=page.layers, next_cursor=page.next_cursor)
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from service import errors
-from service.api.deps import PlaneDep, StoreDep
+from service.api.deps import PageCursor, PageLimit, PlaneDep
 from service.api.docs import problems
-from service.dataplane import DataPlane
+from service.dataplane import ModelRef
 from service.layers.resolve import check_name
 
 ONNX_MEDIA_TYPE: Final = "application/octet-stream"
@@ -89,11 +88,10 @@ _BINARY: Final = {
 }
 
 
-def _description(
-    name: str, info: dict[str, Any], created_at: str | None, read_only: bool
-) -> ModelDescription:
+def _description(ref: ModelRef) -> ModelDescription:
+    assert ref.info is not None
     return ModelDescription.model_validate(
-        {**info, "name": name, "created_at": created_at, "read_only": read_only}
+        {**ref.info, "name": ref.name, "created_at": ref.created_at, "read_only": ref.read_only}
     )
 
 
@@ -108,16 +106,6 @@ async def _read_limited(request: Request, limit: int) -> bytes:
         if len(buffer) > limit:
             raise errors.BodyTooLarge(limit)
     return bytes(buffer)
-
-
-def _put(plane: DataPlane, name: str, data: bytes) -> tuple[ModelDescription, bool]:
-    if plane.repository is not None and plane.repository.has(name):
-        raise errors.ReadOnlyModel(name)
-    # Checked and loaded by onnxruntime before it is stored: what is stored always serves.
-    runner = plane.runners.get(hashlib.sha256(data).hexdigest(), data)
-    info = runner.info.as_dict()
-    stored, created = plane.store.put_model(name, data, info)
-    return _description(name, info, stored.created_at, False), created
 
 
 @router.put(
@@ -155,11 +143,11 @@ async def put_model(
 ) -> ModelDescription:
     check_name(name)
     data = await _read_limited(request, plane.limits.max_model_bytes)
-    description, created = await run_in_threadpool(_put, plane, name, data)
+    stored, created = await run_in_threadpool(plane.put_model, name, data)
     response.status_code = 201 if created else 200
     if created:
         response.headers["Location"] = f"/models/{name}"
-    return description
+    return _description(stored)
 
 
 @router.get(
@@ -170,31 +158,9 @@ async def put_model(
         **problems(errors.InvalidCursor),
     },
 )
-def list_models(
-    store: StoreDep,
-    request: Request,
-    limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 100,
-    cursor: Annotated[
-        str | None,
-        Query(
-            max_length=32,
-            description="next_cursor of the previous page.",
-            json_schema_extra={"pattern": "^[0-9]{1,18}$"},
-        ),
-    ] = None,
-) -> ModelPage:
-    page = store.list_models(limit, cursor)
-    items = [_description(m.name, m.info, m.created_at, False) for m in page.models]
-    plane: DataPlane = request.app.state.plane
-    if page.next_cursor is None and plane.repository is not None:
-        for name in plane.repository.names():
-            try:
-                ref = plane.model_ref(name)
-                info = plane.model_info(ref).as_dict()
-            except errors.ServiceError:  # too large or not a model: GET /models/{name} says
-                continue
-            items.append(_description(name, info, None, True))
-    return ModelPage(items=items, next_cursor=page.next_cursor)
+def list_models(plane: PlaneDep, limit: PageLimit = 100, cursor: PageCursor = None) -> ModelPage:
+    refs, next_cursor = plane.model_page(limit, cursor)
+    return ModelPage(items=[_description(ref) for ref in refs], next_cursor=next_cursor)
 
 
 @router.get(
@@ -203,8 +169,7 @@ def list_models(
     responses={200: _json(_MODEL_EXAMPLE), **problems(errors.ModelNotFound, errors.BodyTooLarge)},
 )
 def read_model(name: str, plane: PlaneDep) -> ModelDescription:
-    ref = plane.model_ref(name)
-    return _description(name, plane.model_info(ref).as_dict(), ref.created_at, ref.read_only)
+    return _description(plane.described(name))
 
 
 @router.get(
@@ -217,13 +182,7 @@ def read_model(name: str, plane: PlaneDep) -> ModelDescription:
     },
 )
 def download_model(name: str, plane: PlaneDep) -> Response:
-    if plane.repository is not None:
-        found = plane.repository.read(name)
-        if found is not None:
-            return Response(found.data, media_type=ONNX_MEDIA_TYPE)
-    stored = plane.store.get_model(name, with_data=True)
-    assert stored.data is not None
-    return Response(stored.data, media_type=ONNX_MEDIA_TYPE)
+    return Response(plane.model_bytes(name), media_type=ONNX_MEDIA_TYPE)
 
 
 @router.delete(
@@ -236,7 +195,5 @@ def download_model(name: str, plane: PlaneDep) -> Response:
     },
 )
 def delete_model(name: str, plane: PlaneDep) -> Response:
-    if plane.repository is not None and plane.repository.has(name):
-        raise errors.ReadOnlyModel(name)
-    plane.store.delete_model(name)
+    plane.delete_model(name)
     return Response(status_code=204)
