@@ -20,12 +20,21 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from service.errors import BodyTooLarge
 
-async def read_body(request: Request) -> bytearray:
-    """The whole body, in a buffer of its own that the caller may modify."""
+
+async def read_body(request: Request, limit: int | None = None) -> bytearray:
+    """The whole body, in a buffer of its own that the caller may modify; with ``limit``, a
+    route's own bound below the server's, refused (413) as soon as the body passes it."""
+    if limit is not None:
+        announced = request.headers.get("content-length")
+        if announced is not None and announced.isdigit() and int(announced) > limit:
+            raise BodyTooLarge(limit)
     buffer = bytearray()
     async for chunk in request.stream():
         buffer += chunk
+        if limit is not None and len(buffer) > limit:
+            raise BodyTooLarge(limit)
     return buffer
 
 

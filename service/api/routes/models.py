@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from service import errors
+from service.api.bodies import read_body
 from service.api.deps import PageCursor, PageLimit, PlaneDep
 from service.api.docs import problems
 from service.dataplane import ModelRef
@@ -95,19 +96,6 @@ def _description(ref: ModelRef) -> ModelDescription:
     )
 
 
-async def _read_limited(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it (or its announced length) passes ``limit``."""
-    announced = request.headers.get("content-length")
-    if announced is not None and announced.isdigit() and int(announced) > limit:
-        raise errors.BodyTooLarge(limit)
-    buffer = bytearray()
-    async for chunk in request.stream():
-        buffer += chunk
-        if len(buffer) > limit:
-            raise errors.BodyTooLarge(limit)
-    return bytes(buffer)
-
-
 @router.put(
     "/{name}",
     summary="Store an ONNX model under a name (replacing the one of that name)",
@@ -142,7 +130,7 @@ async def put_model(
     name: str, request: Request, plane: PlaneDep, response: Response
 ) -> ModelDescription:
     check_name(name)
-    data = await _read_limited(request, plane.limits.max_model_bytes)
+    data = bytes(await read_body(request, plane.limits.max_model_bytes))
     stored, created = await run_in_threadpool(plane.put_model, name, data)
     response.status_code = 201 if created else 200
     if created:
