@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -31,6 +31,9 @@ from service.client._core import Call, RetryPolicy, next_cursor, transport_error
 from service.client.errors import ClientError
 
 T = TypeVar("T")
+
+#: A listing call of one page: (page size, cursor) -> the call (``_calls.list_layers``).
+Listing = Callable[[int | None, str | None], Call[Any]]
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -133,9 +136,12 @@ class Client:
 
     def iter_layers(self, *, page_size: int | None = None) -> Iterator[Layer]:
         """Every layer, oldest first, a page at a time."""
+        return self._walk(_calls.list_layers, page_size)
+
+    def _walk(self, listing: Listing, page_size: int | None) -> Iterator[Any]:
         cursor: str | None = None
         while True:
-            page = self.list_layers(limit=page_size, cursor=cursor)
+            page = self.send(listing(page_size, cursor))
             yield from page["items"]
             cursor = next_cursor(page, cursor)
             if cursor is None:
@@ -211,13 +217,7 @@ class Client:
 
     def iter_models(self, *, page_size: int | None = None) -> Iterator[ModelInfo]:
         """Every model, a page at a time."""
-        cursor: str | None = None
-        while True:
-            page = self.list_models(limit=page_size, cursor=cursor)
-            yield from page["items"]
-            cursor = next_cursor(page, cursor)
-            if cursor is None:
-                return
+        return self._walk(_calls.list_models, page_size)
 
     def delete_model(self, name: str) -> None:
         """Delete a stored model (ModelNotFound if none)."""
@@ -315,11 +315,14 @@ class AsyncClient:
         """See ``Client.list_layers``."""
         return await self.send(_calls.list_layers(limit, cursor))
 
-    async def iter_layers(self, *, page_size: int | None = None) -> AsyncIterator[Layer]:
+    def iter_layers(self, *, page_size: int | None = None) -> AsyncIterator[Layer]:
         """See ``Client.iter_layers``."""
+        return self._walk(_calls.list_layers, page_size)
+
+    async def _walk(self, listing: Listing, page_size: int | None) -> AsyncIterator[Any]:
         cursor: str | None = None
         while True:
-            page = await self.list_layers(limit=page_size, cursor=cursor)
+            page = await self.send(listing(page_size, cursor))
             for item in page["items"]:
                 yield item
             cursor = next_cursor(page, cursor)
@@ -390,16 +393,9 @@ class AsyncClient:
         """See ``Client.list_models``."""
         return await self.send(_calls.list_models(limit, cursor))
 
-    async def iter_models(self, *, page_size: int | None = None) -> AsyncIterator[ModelInfo]:
+    def iter_models(self, *, page_size: int | None = None) -> AsyncIterator[ModelInfo]:
         """See ``Client.iter_models``."""
-        cursor: str | None = None
-        while True:
-            page = await self.list_models(limit=page_size, cursor=cursor)
-            for item in page["items"]:
-                yield item
-            cursor = next_cursor(page, cursor)
-            if cursor is None:
-                return
+        return self._walk(_calls.list_models, page_size)
 
     async def delete_model(self, name: str) -> None:
         """See ``Client.delete_model``."""
