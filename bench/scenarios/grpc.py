@@ -108,11 +108,7 @@ def run(ctx: Context) -> list[Row]:
             log(f"grpc {label} float32 {shape}: building bodies")
             x = tensor(shape)
             expected = kernel.apply(config, x, training=True, seed=SEED).output.copy()
-            rest, rest_json = v2_body(x)
-            headers = {
-                "Content-Type": "application/octet-stream",
-                "Inference-Header-Content-Length": str(rest_json),
-            }
+            rest, headers = v2_request(x)
             body = grpc_body(x)
             check_v2(http.request("POST", target, rest, headers), expected, "REST V2 infer")
             check_grpc(infer(body, timeout=600), expected)
@@ -151,14 +147,20 @@ def run(ctx: Context) -> list[Row]:
     return rows
 
 
-def small(ctx: Context, port: int, infer: Any, config: Any) -> Row:
-    x = tensor(SMALL_SHAPE)
-    expected = kernel.apply(config, x, training=True, seed=SEED).output.copy()
+def v2_request(x: Any) -> tuple[bytes, dict[str, str]]:
+    """The REST V2 binary body of ``x`` and the headers that frame it."""
     rest, rest_json = v2_body(x)
     headers = {
         "Content-Type": "application/octet-stream",
         "Inference-Header-Content-Length": str(rest_json),
     }
+    return rest, headers
+
+
+def small(ctx: Context, port: int, infer: Any, config: Any) -> Row:
+    x = tensor(SMALL_SHAPE)
+    expected = kernel.apply(config, x, training=True, seed=SEED).output.copy()
+    rest, headers = v2_request(x)
     body = grpc_body(x)
     check_grpc(infer(body, timeout=60), expected)
     conns = [HttpConn(HOST, port) for _ in range(STREAMS)]
