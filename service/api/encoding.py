@@ -59,11 +59,3 @@ def inflater_for(encoding: str, limit: int) -> Inflater | None:
     if name not in _WBITS:
         raise UnsupportedContentEncoding(encoding)
     return Inflater(name, limit)
-
-
-def decode_content(body: bytearray, encoding: str | None, limit: int) -> bytearray | bytes:
-    """The whole body, inflated (for a body that did not pass through the middleware)."""
-    inflater = inflater_for(encoding or "", limit)
-    if inflater is None:
-        return body
-    return inflater.feed(body, final=True)

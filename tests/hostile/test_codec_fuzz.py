@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.typing import NDArray
 
-from service.api.encoding import decode_content
+from service.api.encoding import inflater_for
 from service.codecs.json_tensor import decode_tensor, may_hold_booleans
 from service.codecs.npy import decode_npy, encode_npy
 from service.codecs.v2 import WantedOutput, decode_infer, encode_infer, split_body
@@ -159,6 +159,12 @@ def test_compressed_bodies_inflate_exactly_or_fail_with_service_errors(
     assert len(out) <= limit
     if body == _compress(raw, encoding):
         assert bytes(out) == raw
+
+
+def decode_content(body: bytearray, encoding: str, limit: int) -> bytearray | bytes:
+    """A whole body through the inflater the middleware would use for it."""
+    inflater = inflater_for(encoding, limit)
+    return body if inflater is None else inflater.feed(body, final=True)
 
 
 def _compress(raw: bytes, encoding: str) -> bytes:

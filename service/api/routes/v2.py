@@ -14,7 +14,6 @@ from fastapi import APIRouter, Path, Request, Response
 from service import __version__
 from service.api.bodies import BuffersResponse, read_body
 from service.api.deps import PlaneDep, StoreDep, plane_of
-from service.api.encoding import decode_content
 from service.api.routing import RawRoute, path_parameter
 from service.codecs.v2 import INFER_REQUEST_EXAMPLE, DecodedInfer, decode_infer, encode_infer
 from service.dataplane import DataPlane
@@ -194,23 +193,14 @@ async def infer(request: Request) -> Response:
     body = await read_body(request)  # writable: the kernel answers in place in a binary tail
     name, version = request.path_params["name"], request.path_params.get("version")
     await plane.model_ready(name, version)  # an unknown model is a 404 whatever the body
-    decoded = await plane.run(
-        len(body),
-        _decode,
-        plane,
-        body,
-        request.headers.get("content-encoding"),
-        request.headers.get(HEADER_LENGTH),
-    )
+    # An encoded body was inflated on its way in (BodyLimitMiddleware): this one is identity.
+    decoded = await plane.run(len(body), _decode, plane, body, request.headers.get(HEADER_LENGTH))
     result = await plane.infer(name, version, decoded.request)
     return await plane.run(result.nbytes, _encode, result, decoded)
 
 
-def _decode(
-    plane: DataPlane, body: bytearray, encoding: str | None, header_length: str | None
-) -> DecodedInfer:
-    data = decode_content(body, encoding, plane.limits.max_body_bytes)
-    return decode_infer(data, header_length, max_elements=plane.limits.max_tensor_elements)
+def _decode(plane: DataPlane, body: bytearray, header_length: str | None) -> DecodedInfer:
+    return decode_infer(body, header_length, max_elements=plane.limits.max_tensor_elements)
 
 
 def _encode(result: InferResult, decoded: DecodedInfer) -> Response:
