@@ -321,11 +321,46 @@ def commits_never_acknowledged(service: Service) -> Iterator[None]:
         conn.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
         conn.execute("SELECT pg_reload_conf()")
     try:
+        until_commits_wait(service)
         yield
     finally:
         with service.pg.admin() as conn:
             conn.execute("ALTER SYSTEM RESET synchronous_standby_names")
             conn.execute("SELECT pg_reload_conf()")
+
+
+PROBE = "ack-probe"
+
+
+def until_commits_wait(service: Service) -> None:
+    """pg_reload_conf only signals: the checkpointer turns the standby wait on in shared memory
+    when it gets to it. Commit probes until one waits, so the service's next COMMIT will too."""
+    deadline = time.monotonic() + TIMEOUT_S * 5
+    while time.monotonic() < deadline:
+        with (
+            psycopg.connect(
+                service.pg.url("layers"), autocommit=True, application_name=PROBE
+            ) as probe,
+            ThreadPoolExecutor(max_workers=1) as pool,
+        ):
+            # A transactional WAL message gives the probe what makes a COMMIT wait: an id and WAL.
+            commit = pool.submit(probe.execute, "SELECT pg_logical_emit_message(true, 'probe', '')")
+            waited = False
+            with service.pg.admin() as conn:
+                while not commit.done() and not waited:
+                    waited = bool(
+                        conn.execute(
+                            "SELECT pg_cancel_backend(pid) FROM pg_stat_activity "
+                            "WHERE pid = %s AND wait_event = 'SyncRep'",
+                            (probe.info.backend_pid,),
+                        ).fetchall()
+                    )
+                    time.sleep(0.005)
+            commit.result(timeout=30)  # a cancelled wait still commits, with a warning
+        if waited:
+            return
+        time.sleep(0.02)
+    pytest.fail("no COMMIT waited for the standby after the setting was reloaded")
 
 
 def end_the_committing_backend(service: Service) -> None:
