@@ -68,6 +68,19 @@ class TextFormatter(logging.Formatter):
         return line if context is None else f"{line} [{context.request_id}]"
 
 
+def lean_records() -> None:
+    """Make each record without what no formatter here prints: where in the source it was
+    logged from (a walk up the stack), and the thread, process and task it came from. Every
+    request logs a line, so this is per-request cost; it is for a served process alone, where
+    these formatters are the only ones."""
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    if hasattr(logging, "logAsyncioTasks"):  # Python 3.12+
+        logging.logAsyncioTasks = False
+
+
 def log_config(level: str, fmt: str) -> dict[str, Any]:
     """A ``logging.config.dictConfig`` for uvicorn's ``log_config``: every worker applies it."""
     number = LEVELS.get(level.lower(), logging.INFO)
