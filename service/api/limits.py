@@ -79,7 +79,8 @@ class BodyLimitMiddleware:
             if body_done:  # after the body, receive() waits for a disconnect: no deadline
                 return await receive()
             try:
-                message = await asyncio.wait_for(receive(), self.timeout)
+                async with asyncio.timeout(self.timeout):  # a timer, where wait_for makes a task
+                    message = await receive()
             except TimeoutError:
                 return await refuse(BodyTimeout(self.timeout))
             if message["type"] != "http.request":

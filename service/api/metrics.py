@@ -81,6 +81,7 @@ class Metrics:
         # The labelled children, by (method, route, status): labels() costs more than inc().
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._grpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
+        self._tensor_children: dict[str, tuple[Counter, Counter]] = {}
         self.in_progress = Gauge(
             "spatial_dropout_http_requests_in_progress",
             "HTTP requests being served now.",
@@ -109,8 +110,7 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
         if tensor_bytes_in or tensor_bytes_out:
-            self.tensor_bytes.labels(route, "in").inc(tensor_bytes_in)
-            self.tensor_bytes.labels(route, "out").inc(tensor_bytes_out)
+            self._count_tensors(route, tensor_bytes_in, tensor_bytes_out)
 
     def observe_grpc(
         self,
@@ -129,9 +129,18 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
         if tensor_bytes_in or tensor_bytes_out:
-            route = f"grpc:{method}"
-            self.tensor_bytes.labels(route, "in").inc(tensor_bytes_in)
-            self.tensor_bytes.labels(route, "out").inc(tensor_bytes_out)
+            self._count_tensors(f"grpc:{method}", tensor_bytes_in, tensor_bytes_out)
+
+    def _count_tensors(self, route: str, tensor_bytes_in: int, tensor_bytes_out: int) -> None:
+        children = self._tensor_children.get(route)
+        if children is None:
+            children = (
+                self.tensor_bytes.labels(route, "in"),
+                self.tensor_bytes.labels(route, "out"),
+            )
+            self._tensor_children[route] = children
+        children[0].inc(tensor_bytes_in)
+        children[1].inc(tensor_bytes_out)
 
     def render(self, store: LayerStore) -> bytes:
         """The exposition text: every process's samples, and the store read now."""
