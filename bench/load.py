@@ -41,14 +41,27 @@ def tool_name() -> str:
 
 
 def measure(
-    url: str, body: Path, content_type: str, connections: int, duration: float
+    url: str,
+    body: Path,
+    content_type: str,
+    connections: int,
+    duration: float,
+    header: str | None = None,
 ) -> LoadResult:
+    """``header``: one more request header, ``"Name: value"``."""
     if shutil.which("wrk"):
-        return _wrk(url, body, content_type, connections, duration)
-    return _python(url, body, content_type, connections, duration)
+        return _wrk(url, body, content_type, connections, duration, header)
+    return _python(url, body, content_type, connections, duration, header)
 
 
-def _wrk(url: str, body: Path, content_type: str, connections: int, duration: float) -> LoadResult:
+def _wrk(
+    url: str,
+    body: Path,
+    content_type: str,
+    connections: int,
+    duration: float,
+    header: str | None,
+) -> LoadResult:
     seconds = max(1, round(duration))
     command = [
         "wrk",
@@ -56,6 +69,8 @@ def _wrk(url: str, body: Path, content_type: str, connections: int, duration: fl
         *("-s", str(LUA), url),
     ]
     env = {**os.environ, "BENCH_BODY": str(body), "BENCH_CONTENT_TYPE": content_type}
+    if header is not None:
+        env["BENCH_HEADER"] = header
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_RESULT ")]
     if done.returncode != 0 or not lines:
@@ -74,13 +89,19 @@ def _wrk(url: str, body: Path, content_type: str, connections: int, duration: fl
 
 
 def _python(
-    url: str, body: Path, content_type: str, connections: int, duration: float
+    url: str,
+    body: Path,
+    content_type: str,
+    connections: int,
+    duration: float,
+    header: str | None,
 ) -> LoadResult:
     command = [
         sys.executable,
         *("-m", "bench.load", "--url", url, "--body", str(body)),
         *("--content-type", content_type, "--connections", str(connections)),
         *("--duration", str(duration)),
+        *(("--header", header) if header is not None else ()),
     ]
     root = Path(__file__).resolve().parent.parent
     done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120, cwd=root)
@@ -114,13 +135,15 @@ async def _connection(
         writer.close()
 
 
-async def _run(url: str, body: bytes, content_type: str, connections: int, duration: float) -> dict:
+async def _run(
+    url: str, body: bytes, content_type: str, connections: int, duration: float, header: str
+) -> dict:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     target = parts.path + (f"?{parts.query}" if parts.query else "")
     request = (
         f"POST {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"{header + chr(13) + chr(10) if header else ''}Content-Length: {len(body)}\r\n\r\n"
     ).encode("latin-1") + body
     latencies: list[float] = []
     start = time.perf_counter()
@@ -152,10 +175,10 @@ def main() -> None:
     parser.add_argument("--content-type", required=True)
     parser.add_argument("--connections", type=int, default=1)
     parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--header", default="", help='one more header, "Name: value"')
     args = parser.parse_args()
-    work = _run(
-        args.url, args.body.read_bytes(), args.content_type, args.connections, args.duration
-    )
+    body = args.body.read_bytes()
+    work = _run(args.url, body, args.content_type, args.connections, args.duration, args.header)
     try:
         import uvloop
     except ImportError:

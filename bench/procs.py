@@ -61,12 +61,12 @@ class Processes:
     ) -> Child:
         """``spatial-dropout serve`` on a free port with a fresh SQLite store and one layer
         named ``bench`` (spatial_dropout_2d, rate 0.5, channels_last); gRPC on ``grpc_port``
-        (0: none, so that no run takes the default 8001 from another)."""
+        (0: none, so that no run takes the default 8001 from another). Otherwise the default
+        settings: the info log, so one access line per request, as a deployment has."""
         db = self.dir / f"layers-{len(self._procs)}-w{workers}.sqlite3"
         env = {
             **os.environ,
             "SPATIAL_DROPOUT_DATABASE_URL": f"sqlite:///{db}",
-            "SPATIAL_DROPOUT_LOG_LEVEL": "warning",
             "SPATIAL_DROPOUT_MAX_BODY_BYTES": str(max_body),
             "SPATIAL_DROPOUT_MAX_TENSOR_ELEMENTS": str(max_body // 2),
             "SPATIAL_DROPOUT_GRPC_PORT": str(grpc_port),

@@ -9,7 +9,8 @@ markdown table, ready to paste into the README.
     python -m bench.run --quick            # smoke run, under 2 minutes
     python -m bench.run --only kernel,rss --repeat 9
 
-Sections (``--only``/``--skip``): kernel, http, json, small, rss, workers, montecarlo, grpc.
+Sections (``--only``/``--skip``): kernel, http, modes, json, small, rss, workers, montecarlo,
+grpc.
 Every server is a child process bound to 127.0.0.1, stopped at the end, on Ctrl-C and on errors.
 """
 

@@ -5,13 +5,24 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bench.common import Context
-from bench.scenarios import binary, grpc, json_body, kernel, monte_carlo, rss, small, workers
+from bench.scenarios import (
+    binary,
+    grpc,
+    json_body,
+    kernel,
+    modes,
+    monte_carlo,
+    rss,
+    small,
+    workers,
+)
 from bench.stats import Row
 
 #: section name (``--only``/``--skip``) -> its scenario, in the table's order.
 SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "kernel": kernel.run,
     "http": binary.run,
+    "modes": modes.run,
     "json": json_body.run,
     "small": small.run,
     "rss": rss.run,

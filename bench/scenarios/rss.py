@@ -86,7 +86,7 @@ def run(ctx: Context) -> list[Row]:
             payload,
             higher_is_better=False,
             what="x payload",
-            target=Target(2.5, at_least=False),
+            target=Target(1.1, at_least=False),
             show=lambda s: s.show(1 / MIB, "MiB"),
         )
     ]
