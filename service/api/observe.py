@@ -40,7 +40,7 @@ class RequestTelemetry:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        request_id = _incoming_id(scope["headers"]) or os.urandom(16).hex()
+        request_id = request_id_of(scope["headers"])
         id_header = (HEADER, request_id.encode("ascii"))
         context = telemetry.RequestContext(request_id)
         token = telemetry.begin(context)
@@ -59,20 +59,11 @@ class RequestTelemetry:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            seconds = time.perf_counter() - start
-            route = _route_template(scope)
             if metrics is not None:
                 metrics.in_progress.dec()
-                metrics.observe(
-                    scope["method"],
-                    route,
-                    status,
-                    seconds,
-                    context.tensor_bytes_in,
-                    context.tensor_bytes_out,
-                )
-            if access_log.isEnabledFor(logging.INFO):
-                _log_access(scope, route, status, seconds)
+            method, path = scope["method"], scope["path"]
+            seconds = time.perf_counter() - start
+            account(metrics, method, path, _route_template(scope), status, seconds, context)
             telemetry.end(token)
 
 
@@ -83,6 +74,29 @@ class ServiceApp(FastAPI):
         return RequestTelemetry(
             super().build_middleware_stack(), getattr(self.state, "metrics", None)
         )
+
+
+def request_id_of(headers: list[tuple[bytes, bytes]]) -> str:
+    """The request's own id when it sent a sane one, else a new random one."""
+    return _incoming_id(headers) or os.urandom(16).hex()
+
+
+def account(
+    metrics: Metrics | None,
+    method: str,
+    path: str,
+    route: str,
+    status: int,
+    seconds: float,
+    context: telemetry.RequestContext,
+) -> None:
+    """A finished request's metrics and its access log line (in its telemetry context)."""
+    if metrics is not None:
+        metrics.observe(
+            method, route, status, seconds, context.tensor_bytes_in, context.tensor_bytes_out
+        )
+    if access_log.isEnabledFor(logging.INFO):
+        _log_access(method, path, route, status, seconds)
 
 
 def _incoming_id(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -97,9 +111,8 @@ def _route_template(scope: Scope) -> str:
     return path if isinstance(path, str) else UNMATCHED
 
 
-def _log_access(scope: Scope, route: str, status: int, seconds: float) -> None:
+def _log_access(method: str, path: str, route: str, status: int, seconds: float) -> None:
     duration_ms = round(seconds * 1000, 3)
-    method, path = scope["method"], scope["path"]
     access_log.info(
         "%s %s %d %.1fms",
         method,

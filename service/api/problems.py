@@ -183,14 +183,35 @@ def allowed_methods(request: Request) -> str:
     )
 
 
+def service_error_response(path: str, exc: ServiceError) -> Response:
+    """The answer to a ``ServiceError``; a 5xx is logged as well."""
+    if exc.status >= 500:
+        logger.warning("%s: %s", exc.code, exc.detail)
+    return error_response(path, exc)
+
+
+def internal_error_response(exc: BaseException) -> Response:
+    """The 500 of a failure nothing expected: the cause is logged for operators, and the
+    client is told nothing about the internals."""
+    logger.error("unhandled error", exc_info=exc)
+    return Response(
+        problem_body(
+            500,
+            "internal_error",
+            "Internal server error",
+            "The server failed to answer; the failure has been logged.",
+        ),
+        status_code=500,
+        media_type=PROBLEM_MEDIA_TYPE,
+    )
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that map every failure to a problem response."""
 
     async def on_service_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ServiceError)
-        if exc.status >= 500:
-            logger.warning("%s: %s", exc.code, exc.detail)
-        return error_response(request.url.path, exc)
+        return service_error_response(request.url.path, exc)
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError | ValidationError)
@@ -225,18 +246,7 @@ def install(app: FastAPI) -> None:
         return Response(status_code=400)
 
     async def on_unexpected(_request: Request, exc: Exception) -> Response:
-        # Log the cause for operators; tell the client nothing about the internals.
-        logger.error("unhandled error", exc_info=exc)
-        return Response(
-            problem_body(
-                500,
-                "internal_error",
-                "Internal server error",
-                "The server failed to answer; the failure has been logged.",
-            ),
-            status_code=500,
-            media_type=PROBLEM_MEDIA_TYPE,
-        )
+        return internal_error_response(exc)
 
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation)
