@@ -200,10 +200,14 @@ class DataPlane:
 
     # -- finding what to run --------------------------------------------------------------
 
+    def cached_layer(self, ref: str) -> Layer | None:
+        """The stored layer ``ref`` names when the process's short memory has it, else None."""
+        return self._layers.cached(ref)
+
     async def layer(self, ref: str) -> Layer:
         """The stored layer ``ref`` names (id or name): from the process's short memory when
         it has it, else from the store, in a worker thread (the store blocks)."""
-        layer = self._layers.cached(ref)
+        layer = self.cached_layer(ref)
         if layer is not None:
             return layer
         return await run_in_threadpool(self._layers.get, ref)

@@ -10,7 +10,7 @@ from functools import partial
 from fastapi import FastAPI
 
 from service import __version__
-from service.api import docpages, logs, problems
+from service.api import docpages, inline, logs, problems
 from service.api.auth import BearerAuth
 from service.api.budget import BodyBudget
 from service.api.head_method import HeadAsGet
@@ -44,8 +44,10 @@ def create_app(settings: Settings | None = None, *, grpc: bool = False) -> FastA
             # of the collector's sight, a full collection no longer walks it, and no longer
             # stalls every request in flight for tens of milliseconds.
             gc.freeze()
+            inline.install(app, inline_routes)
             yield
         finally:
+            inline.uninstall()
             if server is not None:
                 # HTTP has drained by now (uvicorn waits for it before the lifespan ends);
                 # gRPC takes no new call, and the calls in flight get the same grace.
@@ -68,6 +70,12 @@ def create_app(settings: Settings | None = None, *, grpc: bool = False) -> FastA
     app.state.settings = settings
     app.state.metrics = Metrics()
     hot = [*apply.ROUTES, *v2.INFER_ROUTES]
+    inline_routes = [
+        inline.Route(method, route.path, route.path_regex, route.inline)
+        for route in hot
+        if route.inline is not None
+        for method in route.methods or ()
+    ]
     app.add_middleware(HotRoutes, routes=hot)  # innermost: under the limits and auth
     app.add_middleware(HeadAsGet)  # logs, metrics and auth see the HEAD
     app.add_middleware(

@@ -9,6 +9,11 @@ slower and answers an oversized head with a bare 400).
 
 The count is per network read: a head is refused at the first read that takes it past
 ``SPATIAL_DROPOUT_MAX_HEAD_BYTES``, so it costs at most that plus one read (256 KiB).
+
+It is also where a small request to a hot route is offered to ``service.api.inline``. The
+request is held from its head on. If its whole body comes in the same read, and the route
+answers it, the answer is written here. Otherwise (the body is still coming, or the route
+declines) it goes on to the ASGI app as uvicorn would have sent it, only a moment later.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ import asyncio
 from functools import cache
 from http import HTTPStatus
 
+import httptools
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.api import inline
 from service.api.problems import PROBLEM_MEDIA_TYPE, problem_body
 from service.errors import HeadTimeout, HeadTooLarge, ServiceError
 from service.settings import Settings
@@ -42,6 +49,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False  # answered 431/408: the rest of what arrives is ignored
+        self._held: bytearray | None = None  # the body of a request offered inline, so far
+        self._held_target: tuple[inline.Route, str, bytes] | None = None  # route, path, query
         super().connection_made(transport)
         self._arm()
 
@@ -57,6 +66,10 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head:
             self._head_bytes += len(data)
         super().data_received(data)
+        if self._held is not None:  # its body is still coming: the ordinary way waits for it
+            held, self._held = self._held, None
+            if not self.transport.is_closing():
+                self._release(held, complete=False)
         if self._in_head and self._head_bytes > self._max_head:
             self._refuse(HeadTooLarge(self._max_head))
 
@@ -67,6 +80,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             return
         super().on_message_begin()
+        # After an answer written inline, in the same read: this request is not idle time.
+        self._unset_keepalive_if_required()
         self._in_head = self._began = True
         self._arm()
 
@@ -89,14 +104,83 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if size > self._max_head:
             self._refuse(HeadTooLarge(self._max_head))
             return
-        super().on_headers_complete()
+        if not self._offer():
+            super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
-        if not self._refused:
+        if self._held is not None:
+            self._held += body
+        elif not self._refused:
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        if not self._refused:
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._answer(held)
+        elif not self._refused:
+            super().on_message_complete()
+
+    # -- the inline path (service.api.inline) ---------------------------------------------
+
+    def _offer(self) -> bool:
+        """Hold this request for its route's inline handler, when it may take it: a POST with
+        a plain Content-Length body, nothing else in flight on the connection, and no
+        behaviour of uvicorn's own to honour (100-continue, upgrades, a root path, limits)."""
+        if (
+            self.expect_100_continue
+            or self.root_path
+            or self.limit_concurrency is not None
+            or self.pipeline
+            or (self.cycle is not None and not self.cycle.response_complete)
+            or self.transport.is_closing()
+            or self.parser.get_method() != b"POST"
+            or self.parser.should_upgrade()
+        ):
+            return False
+        length: int | None = None
+        for name, value in self.headers:
+            if name == b"content-length" and length is None and value.isdigit():
+                length = int(value)
+            elif name in (b"content-length", b"transfer-encoding", b"content-encoding"):
+                return False  # repeated, chunked or encoded: the ordinary way words it
+        if length is None:
+            return False
+        try:
+            url = httptools.parse_url(self.url)
+        except httptools.HttpParserInvalidURLError:
+            return False
+        path = url.path.decode("latin-1")
+        route = None if "%" in path else inline.takes("POST", path, length)
+        if route is None:
+            return False
+        self._held = bytearray()
+        self._held_target = (route, path, url.query or b"")
+        return True
+
+    def _answer(self, body: bytearray) -> None:
+        assert self._held_target is not None
+        route, path, query = self._held_target
+        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+        request = inline.InlineRequest("POST", path, query, self.headers, body)
+        wire = inline.answer(route, request, self.server_state.default_headers, keep_alive)
+        if wire is None:  # declined, untouched
+            self._release(body, complete=True)
+            return
+        self.transport.write(wire)
+        self.server_state.total_requests += 1
+        if not keep_alive:
+            self.transport.close()
+        else:  # as uvicorn does after a response, with nothing queued behind it
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self.timeout_keep_alive_handler
+            )
+
+    def _release(self, body: bytearray, *, complete: bool) -> None:
+        """Send a held request the ordinary way: what uvicorn's callbacks would have done."""
+        super().on_headers_complete()
+        if body:
+            super().on_body(bytes(body))
+        if complete:
             super().on_message_complete()
 
     def _arm(self) -> None:

@@ -10,7 +10,7 @@ its OpenAPI operation (parameters, request body, responses, examples) is declare
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
@@ -18,6 +18,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Match, request_response
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from service.api.inline import Handler
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -37,6 +40,7 @@ class RawRoute(APIRoute):
         parameters: Sequence[dict[str, Any]] = (),
         request_body: dict[str, Any] | None = None,
         description: str | None = None,
+        inline: Handler | None = None,
     ) -> None:
         extra: dict[str, Any] = {"parameters": list(parameters)}
         if request_body is not None:
@@ -52,6 +56,8 @@ class RawRoute(APIRoute):
             openapi_extra=extra,
             response_class=Response,
         )
+        #: What answers this route's small requests in the protocol (service.api.inline).
+        self.inline = inline
         # Starlette's wrapper, not FastAPI's: FastAPI's opens two exit stacks per request for
         # dependencies with ``yield``, and a raw endpoint has no dependencies.
         self.app = request_response(self.get_route_handler())

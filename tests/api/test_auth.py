@@ -6,10 +6,11 @@ import hmac
 from collections.abc import Iterator
 
 import httpx
+import numpy as np
 import pytest
 
 from service.api.auth import TokenCheck
-from tests.api.helpers import assert_problem, unique
+from tests.api.helpers import assert_problem, npy, unique
 from tests.conftest import Server, serving
 from tests.hostile.wire import exchange, http_request
 
@@ -132,6 +133,20 @@ def test_a_refused_upload_is_not_read(writes_only: Server) -> None:
     response = exchange(writes_only.port, head, timeout=10)
     assert response.status == 401, response
     assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "unauthorized"
+
+
+def test_a_small_tensor_for_a_layer_in_memory_still_needs_a_token(writes_only: Server) -> None:
+    """The kind of request the protocol answers itself when no token is configured
+    (service.api.inline): a whole small .npy body, its layer just read by an allowed call."""
+    name = _layer(writes_only)
+    body = npy(np.ones((1, 2, 2, 3), np.float32))
+    url = f"{writes_only.url}/apply?layer={name}"
+    npy_type = {"Content-Type": "application/x-npy"}
+    assert httpx.post(url, content=body, headers={**npy_type, **GOOD}).status_code == 200
+    head = http_request("POST", f"/apply?layer={name}", npy_type, content_length=len(body))
+    response = exchange(writes_only.port, head + body)
+    assert response.status == 401, response
     assert response.json()["code"] == "unauthorized"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Final
+from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import Request, Response
@@ -14,7 +15,8 @@ from service.api.apply_models import ApplyRequest, ApplyResponse, NpyQuery
 from service.api.bodies import BuffersResponse, read_body
 from service.api.deps import JSON, plane_of
 from service.api.docs import problems
-from service.api.negotiation import check_acceptable, require_media_type
+from service.api.inline import InlineRequest
+from service.api.negotiation import check_acceptable, media_type, require_media_type
 from service.api.problems import validation_error
 from service.api.routing import RawRoute, query_parameters
 from service.codecs.json_tensor import decode_tensor, encode_tensor, may_hold_booleans
@@ -95,14 +97,9 @@ async def apply(request: Request) -> Response:
     accept = request.headers.get("accept")
     if media == NPY:
         check_acceptable(accept, NPY)
-        try:
-            query = NpyQuery.model_validate_strings(dict(request.query_params))
-        except ValidationError as exc:
-            raise validation_error(exc) from None
-        if query.layer is None:
-            raise errors.RequestValidation("layer: the .npy form needs ?layer=<id or name>.")
+        query, ref = _npy_query(request.scope["query_string"])
         body = await read_body(request)  # writable: the kernel answers in place
-        stored = await plane.layer(query.layer)
+        stored = await plane.layer(ref)
         return await plane.run(len(body), _apply_npy, plane, body, stored, query)
     check_acceptable(accept, JSON)
     stray = [name for name in _QUERY_ONLY if name in request.query_params]
@@ -123,6 +120,31 @@ async def apply(request: Request) -> Response:
         assert envelope.spec is not None
         chosen = plane.inline(envelope.spec)
     return await plane.run(size, _apply_json, plane, parsed, chosen)
+
+
+def apply_now(plane: DataPlane, request: InlineRequest) -> Response | None:
+    """The .npy form with its layer in memory, answered without waiting (service.api.inline);
+    None for anything else: the JSON form, another media type, a layer to fetch."""
+    if media_type(request.header(b"content-type")) != NPY:
+        return None
+    check_acceptable(request.header(b"accept"), NPY)
+    query, ref = _npy_query(request.query_string)
+    stored = plane.cached_layer(ref)
+    if stored is None:
+        return None
+    return _apply_npy(plane, request.body, stored, query)
+
+
+def _npy_query(query_string: bytes) -> tuple[NpyQuery, str]:
+    """The .npy form's query parameters, and the layer they name."""
+    pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
+    try:
+        query = NpyQuery.model_validate_strings(dict(pairs))
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    if query.layer is None:
+        raise errors.RequestValidation("layer: the .npy form needs ?layer=<id or name>.")
+    return query, query.layer
 
 
 def _apply_npy(plane: DataPlane, body: bytearray, layer: Layer, query: NpyQuery) -> Response:
@@ -203,6 +225,7 @@ ROUTES: Final = [
     RawRoute(
         "/apply",
         apply,
+        inline=apply_now,
         methods=["POST"],
         tags=["apply"],
         summary="Run a layer on a tensor (JSON, or .npy with query parameters)",

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Path, Request, Response
 from service import __version__
 from service.api.bodies import BuffersResponse, read_body
 from service.api.deps import PlaneDep, StoreDep, plane_of
+from service.api.inline import InlineRequest
 from service.api.routing import RawRoute, path_parameter
 from service.codecs.v2 import INFER_REQUEST_EXAMPLE, DecodedInfer, decode_infer, encode_infer
 from service.dataplane import DataPlane
@@ -199,6 +200,17 @@ async def infer(request: Request) -> Response:
     return await plane.run(result.nbytes, _encode, result, decoded)
 
 
+def infer_now(plane: DataPlane, request: InlineRequest) -> Response | None:
+    """A layer in memory, run without waiting (service.api.inline); None for a stored model,
+    a layer to fetch, or a version to word the error of."""
+    name, version = request.path_params["name"], request.path_params.get("version")
+    layer = plane.cached_layer(name)
+    if layer is None or version is not None:
+        return None
+    decoded = _decode(plane, request.body, request.header(HEADER_LENGTH.lower().encode()))
+    return _encode(plane.infer_layer(layer, decoded.request), decoded)
+
+
 def _decode(plane: DataPlane, body: bytearray, header_length: str | None) -> DecodedInfer:
     return decode_infer(body, header_length, max_elements=plane.limits.max_tensor_elements)
 
@@ -216,6 +228,7 @@ def _infer_route(path: str, summary: str, *parameters: dict[str, Any]) -> RawRou
     return RawRoute(
         path,
         infer,
+        inline=infer_now,
         methods=["POST"],
         tags=[_TAG],
         summary=summary,
