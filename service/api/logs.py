@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from typing import Any, Final
+from typing import Any, Final, TextIO
 
 import orjson
 
@@ -68,6 +69,44 @@ class TextFormatter(logging.Formatter):
         return line if context is None else f"{line} [{context.request_id}]"
 
 
+class LoopTurnHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes, on an event loop's thread, once per turn of the loop.
+
+    Each request logs a line, and each write is a system call. Lines logged on the loop's
+    thread are formatted at once (while the request's context is live) and written together
+    when the loop has run the callbacks of this turn. So under load a turn that answered
+    many requests writes once, and an idle server writes each line within the same turn.
+    Lines from other threads, and from before the loop runs, are written at once, as a
+    plain StreamHandler writes them. ``flush`` (called at exit) writes what is pending.
+    """
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            super().emit(record)
+            return
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        if not self._pending:
+            loop.call_soon(self.flush)
+        self._pending.append(line)
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            if self._pending:
+                text, self._pending = "".join(self._pending), []
+                self.stream.write(text)
+            super().flush()
+
+
 def lean_records() -> None:
     """Make each record without what no formatter here prints: where in the source it was
     logged from (a walk up the stack), and the thread, process and task it came from. Every
@@ -91,7 +130,7 @@ def log_config(level: str, fmt: str) -> dict[str, Any]:
         "formatters": {"default": {"()": f"{formatter.__module__}.{formatter.__qualname__}"}},
         "handlers": {
             "default": {
-                "class": "logging.StreamHandler",
+                "class": f"{LoopTurnHandler.__module__}.{LoopTurnHandler.__qualname__}",
                 "formatter": "default",
                 "stream": "ext://sys.stderr",
             }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
 import re
@@ -14,7 +16,7 @@ import httpx
 import pytest
 
 from service.api.app import create_app
-from service.api.logs import JsonFormatter, log_config
+from service.api.logs import JsonFormatter, LoopTurnHandler, log_config
 from service.settings import Settings
 from tests.conftest import Server
 from tests.inprocess import InProcess
@@ -161,3 +163,42 @@ def _wait_for_line(log: Path, request_id: str) -> dict[str, Any]:
                 return record
         time.sleep(0.05)
     raise AssertionError(f"no log line for {request_id}:\n{log.read_text()}")
+
+
+class Writes(io.StringIO):
+    """A stream that counts its writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_lines_logged_in_one_turn_of_the_loop_are_written_together() -> None:
+    stream = Writes()
+    handler = LoopTurnHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("tests.turns")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("before the loop")  # no loop: written at once
+        assert (stream.getvalue(), stream.writes) == ("before the loop\n", 1)
+
+        async def turn() -> None:
+            for n in range(3):
+                logger.warning("line %d", n)
+            assert stream.writes == 1  # pending until the loop has run this turn's callbacks
+            await asyncio.sleep(0)
+            assert stream.writes == 2
+            logger.warning("pending at exit")
+
+        asyncio.run(turn())
+        handler.flush()  # what logging.shutdown does at exit
+        lines = ["before the loop", "line 0", "line 1", "line 2", "pending at exit"]
+        assert stream.getvalue().splitlines() == lines
+    finally:
+        logger.removeHandler(handler)
