@@ -354,6 +354,37 @@ done:
     return result;
 }
 
+/* The keep mask of onnxruntime's Dropout stream (service/core/rng.py is the reference):
+ * draws x_k = x_{k-1} * 16807 mod (2^31 - 1) from the first one, each made the float32
+ * u = float32(x - 1) / 2^31 (clamped below 1) that libstdc++'s generate_canonical makes,
+ * kept when u >= threshold. The numpy code does the same in blocks; for a small mask its
+ * per-call overhead is most of the cost, and here each draw is a few instructions. */
+static PyObject *keep_mask(PyObject *self, PyObject *args) {
+    long long first;
+    float threshold;
+    Py_buffer out;
+    if (!PyArg_ParseTuple(args, "Lfw*", &first, &threshold, &out)) return NULL;
+    const uint64_t modulus = 2147483647u;
+    if (first < 1 || (uint64_t)first >= modulus) {
+        PyBuffer_Release(&out);
+        PyErr_SetString(PyExc_ValueError, "the first draw must be in [1, 2**31 - 1)");
+        return NULL;
+    }
+    const float below_one = 0x1.fffffep-1f; /* nextafter(1, 0) in float32 */
+    uint8_t *mask = out.buf;
+    uint64_t x = (uint64_t)first;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < out.len; i++) {
+        float u = (float)(int64_t)(x - 1) / 2147483648.0f;
+        if (u > below_one) u = below_one;
+        mask[i] = u >= threshold;
+        x = x * 16807u % modulus;
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&out);
+    return Py_NewRef(Py_None);
+}
+
 static PyObject *has_simd(PyObject *self, PyObject *unused) {
     return PyBool_FromLong(simd_available());
 }
@@ -363,6 +394,10 @@ static PyMethodDef methods[] = {
      "divide_rows(dtype, x, out, flags, rows, width, keep, table, simd)\n\n"
      "out = x / keep where the flags are set, +0.0 elsewhere; x seen as (rows, spatial, "
      "width) items with flags of (rows, width) bytes, or None for all kept."},
+    {"keep_mask", keep_mask, METH_VARARGS,
+     "keep_mask(first, threshold, out)\n\n"
+     "out[i] = 1 when draw i of the minstd stream that starts at the draw value first keeps "
+     "its element (its uniform is >= threshold), else 0; len(out) draws."},
     {"has_simd", has_simd, METH_NOARGS, "Whether this CPU runs the AVX2 + F16C loops."},
     {NULL, NULL, 0, NULL},
 };

@@ -1,4 +1,5 @@
-"""The training output in one compiled pass, when the optional extension is built.
+"""The training output in one compiled pass, and a small mask's draws, when the optional
+extension is built.
 
 ``service.core._fastkernel`` (``_fastkernel.c``, built by ``pip install`` when a C compiler is
 there, skipped when not) reads x once and writes the output once: ``x / keep`` where the mask
@@ -6,6 +7,10 @@ keeps, +0.0 where it drops, with the arithmetic of the numpy kernel (service/cor
 which stays the reference and the fallback. On x86_64 with AVX2 and F16C its loops are
 vectorised, float16 and bfloat16 included (numpy's casts for them are scalar); elsewhere
 float16 uses the numpy kernel's own quotient table.
+
+It also draws a small keep mask (``keep_mask``): the stream of service/core/rng.py stepped
+draw by draw, which for a few dozen draws beats numpy's per-call overhead many times over.
+rng.py's numpy code stays the reference, and draws the large masks.
 
 The tensor is seen as (rows, spatial, width) with the mask varying over rows and width only:
 any mask whose broadcast axes form one block, which covers every spatial layer and
@@ -116,3 +121,13 @@ def _run(
         code, x.view(uint), out.view(uint), flags, rows, width, float(keep), table, simd
     )
     return True
+
+
+def keep_mask(first_value: int, count: int, threshold: np.float32) -> NDArray[np.bool_] | None:
+    """Whether each of ``count`` draws keeps its element, from the draw whose value is
+    ``first_value`` on; None when the extension is not built."""
+    if _native is None:
+        return None
+    mask = np.empty(count, dtype=np.bool_)
+    _native.keep_mask(first_value, float(threshold), mask)
+    return mask

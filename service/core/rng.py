@@ -16,6 +16,8 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
+from service.core import fastkernel
+
 #: minstd_rand0's modulus, the Mersenne prime 2**31 - 1.
 MODULUS: Final = 2**31 - 1
 #: minstd_rand0's multiplier, 7**5; a primitive root mod MODULUS, so a**(MODULUS - 1) == 1.
@@ -26,6 +28,7 @@ _BLOCK: Final = 1 << 16  # draws per jump-ahead block; the low-half table has th
 _HIGH: Final = -(-_ORDER // _BLOCK)  # entries of the high-half table (exponents < 2**31)
 _MASK_CHUNK: Final = 1 << 20  # draws per chunk in keep_mask, to bound its int64 temporaries
 _FEW: Final = 64  # up to this many draws are stepped one by one (same values, less overhead)
+_COMPILED: Final = 1 << 16  # up to this many draws, the compiled loop when it is built
 
 _U64: Final = 1 << 64
 _SEED_MIN: Final = -(1 << 63)
@@ -150,7 +153,22 @@ def uniforms(stream_seed: int, first: int, count: int) -> NDArray[np.float32]:
 
 
 def keep_mask(stream_seed: int, first: int, count: int, rate: float) -> NDArray[np.bool_]:
-    """Which of those draws keep their element: ``u >= float32(rate)``, as onnxruntime decides."""
+    """Which of those draws keep their element: ``u >= float32(rate)``, as onnxruntime decides.
+
+    Up to ``_COMPILED`` draws go through the compiled loop when it is built (the same values:
+    ``keep_mask_numpy`` is the reference it is tested against).
+    """
+    threshold = np.float32(rate)
+    if 0 < count <= _COMPILED and first >= 1:
+        start = engine_state(stream_seed) * pow(MULTIPLIER, first % _ORDER, MODULUS) % MODULUS
+        compiled = fastkernel.keep_mask(start, count, threshold)
+        if compiled is not None:
+            return compiled
+    return keep_mask_numpy(stream_seed, first, count, rate)
+
+
+def keep_mask_numpy(stream_seed: int, first: int, count: int, rate: float) -> NDArray[np.bool_]:
+    """``keep_mask`` in numpy alone, in chunks that bound its int64 temporaries."""
     threshold = np.float32(rate)
     mask = np.empty(count, dtype=np.bool_)
     for start in range(0, count, _MASK_CHUNK):

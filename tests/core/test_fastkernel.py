@@ -305,7 +305,8 @@ def test_apply_runs_the_compiled_pass(
         calls.append(args[3] is not None)
         native.divide_rows(*args)
 
-    monkeypatch.setattr(fastkernel, "_native", type("Spy", (), {"divide_rows": staticmethod(spy)}))
+    spying = {"divide_rows": staticmethod(spy), "keep_mask": staticmethod(native.keep_mask)}
+    monkeypatch.setattr(fastkernel, "_native", type("Spy", (), spying))
     apply(config, np.ones(shape, np.float32), training=True, seed=1)
     # One pass with the mask, or (a mask of no block form) a division that numpy then masks.
     assert calls == [masked]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.core import rng
+from service.core import fastkernel, rng
 from service.core.rng import MODULUS, MULTIPLIER
 
 UINT64 = st.integers(min_value=0, max_value=2**64 - 1)
@@ -205,3 +205,49 @@ def test_mixing_decorrelates_consecutive_seeds() -> None:
     # Raw consecutive seeds start draws a/m ~ 8e-6 apart: their fates (nearly) always agree.
     raw = _agreements(list(range(base, base + 1000)))
     assert raw >= 990
+
+
+# -- the compiled loop ----------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    seed=ANY_SEED,
+    first=st.integers(min_value=1, max_value=2**62),
+    count=st.integers(min_value=1, max_value=600),
+    rate=st.floats(min_value=0.0, max_value=1.0),
+)
+def test_the_compiled_mask_is_the_numpy_mask(
+    seed: int, first: int, count: int, rate: float
+) -> None:
+    stream = rng.mix_seed(seed)
+    start = sequential_start(stream, first)
+    compiled = fastkernel.keep_mask(start, count, np.float32(rate))
+    assert compiled is not None and compiled.dtype == np.bool_
+    assert np.array_equal(compiled, rng.keep_mask_numpy(stream, first, count, rate))
+
+
+def sequential_start(stream_seed: int, first: int) -> int:
+    """The value of draw ``first``, as the engine reaches it."""
+    return int(rng.minstd_draws(stream_seed, first, 1)[0])
+
+
+@pytest.mark.parametrize("x1", [1, 2, 2**30 + 1, 2**31 - 64, 2**31 - 63, MODULUS - 1])
+def test_the_compiled_mask_rounds_and_clamps_as_the_reference(x1: int) -> None:
+    for rate in (0.5, float(np.nextafter(np.float32(0.5), np.float32(1))), BELOW_ONE, 1.0):
+        got = fastkernel.keep_mask(x1, 3, np.float32(rate))
+        assert got is not None
+        want = rng.keep_mask_numpy(state_for_first_draw(x1), 1, 3, rate)
+        assert got.tolist() == want.tolist(), (x1, rate)
+
+
+def test_small_masks_take_the_compiled_loop_and_large_ones_numpy() -> None:
+    small, large = 100, (1 << 16) + 1
+    assert np.array_equal(rng.keep_mask(99, 3, small, 0.4), rng.keep_mask_numpy(99, 3, small, 0.4))
+    assert np.array_equal(rng.keep_mask(99, 3, large, 0.4), rng.keep_mask_numpy(99, 3, large, 0.4))
+
+
+def test_the_compiled_loop_refuses_a_value_no_draw_has() -> None:
+    for bad in (0, MODULUS):
+        with pytest.raises(ValueError, match="first draw"):
+            fastkernel.keep_mask(bad, 1, np.float32(0.5))
