@@ -95,7 +95,7 @@ def decode_tensor(
     )
 
 
-def may_hold_booleans(body: bytes | memoryview, envelope: object) -> bool:
+def may_hold_booleans(body: bytes | bytearray | memoryview, envelope: object) -> bool:
     """Whether a JSON body may hold ``true``/``false`` outside ``envelope`` (its non-tensor
     fields): every JSON boolean is one of those literal tokens, so when the body has no more
     of them than the envelope holds booleans, the tensor has none. Strings that contain the

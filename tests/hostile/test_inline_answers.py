@@ -246,3 +246,54 @@ def test_v2_infer_on_a_layer_in_memory_is_the_apps_answer(
         whole, split = both_ways(server.port, infer_request(target, bad or as_json))
         assert 400 <= whole.status < 500, (case, whole.status, whole.body)
         assert_same(whole, split)
+
+
+def json_apply(body: object, query: str = "") -> bytes:
+    raw = orjson.dumps(body)
+    target = f"/apply?{query}" if query else "/apply"
+    head = http_request(
+        "POST", target, {"Content-Type": "application/json"}, content_length=len(raw)
+    )
+    return head + raw
+
+
+def test_json_apply_answered_inline_is_the_apps_answer(
+    server: Server, client: httpx.Client, layer: str
+) -> None:
+    warm(client, layer)
+    flat = {"shape": list(X.shape), "dtype": "float32", "data": X.ravel().tolist()}
+    requests = {
+        "a stored layer, flat": {"layer": layer, "training": True, "seed": 5, "input": flat},
+        "a stored layer, nested, its mask": {
+            "layer": layer,
+            "training": True,
+            "seed": 5,
+            "return_mask": True,
+            "input": X.tolist(),
+        },
+        "a spec given inline": {
+            "spec": {"kind": "spatial_dropout_2d", "rate": 0.5},
+            "training": True,
+            "seed": 5,
+            "input": flat,
+        },
+    }
+    for case, body in requests.items():
+        whole, split = both_ways(server.port, json_apply(body))
+        assert whole.status == 200, (case, whole.body)
+        assert_same(whole, split)
+    config = DropoutConfig(kind=Kind.SPATIAL_2D, rate=0.5, name=layer)
+    expected = kernel.apply(config, X, training=True, seed=5).output
+    answer = exchange(server.port, json_apply(requests["a stored layer, flat"])).json()
+    got = np.array(answer["output"]["data"], np.float32).reshape(X.shape)
+    np.testing.assert_array_equal(got, expected)
+    failures = {
+        "both a layer and a spec": json_apply({**requests["a spec given inline"], "layer": layer}),
+        "a .npy parameter in the query": json_apply(requests["a stored layer, flat"], "seed=3"),
+        "a body that is no JSON": json_apply("x")[:-3] + b"{x}",
+        "a tensor of strings": json_apply({"layer": layer, "input": [["a"]]}),
+    }
+    for case, request in failures.items():
+        whole, split = both_ways(server.port, request)
+        assert 400 <= whole.status < 500, (case, whole.status, whole.body)
+        assert_same(whole, split)

@@ -102,37 +102,64 @@ async def apply(request: Request) -> Response:
         stored = await plane.layer(ref)
         return await plane.run(len(body), _apply_npy, plane, body, stored, query)
     check_acceptable(accept, JSON)
-    stray = [name for name in _QUERY_ONLY if name in request.query_params]
+    _no_npy_query(request.scope["query_string"])
+    raw = await request.body()
+    size = len(raw)
+    parsed = await plane.run(size, _parse_json, raw)
+    named = _stored_ref(parsed.envelope)
+    if named is not None:
+        chosen: Layer | ResolvedSpec = await plane.layer(named)
+    else:
+        assert parsed.envelope.spec is not None
+        chosen = plane.inline(parsed.envelope.spec)
+    return await plane.run(size, _apply_json, plane, parsed, chosen)
+
+
+def apply_now(plane: DataPlane, request: InlineRequest) -> Response | None:
+    """Either form with its layer in memory (or given inline), answered without waiting
+    (service.api.inline); None for a layer to fetch, or a media type to refuse."""
+    media = media_type(request.header(b"content-type"))
+    accept = request.header(b"accept")
+    if media == NPY:
+        check_acceptable(accept, NPY)
+        query, ref = _npy_query(request.query_string)
+        stored = plane.cached_layer(ref)
+        if stored is None:
+            return None
+        return _apply_npy(plane, request.body, stored, query)
+    if media != JSON:
+        return None
+    check_acceptable(accept, JSON)
+    _no_npy_query(request.query_string)
+    parsed = _parse_json(request.body)  # reads the body, and leaves it as it was
+    named = _stored_ref(parsed.envelope)
+    if named is None:
+        assert parsed.envelope.spec is not None
+        chosen: Layer | ResolvedSpec | None = plane.inline(parsed.envelope.spec)
+    else:
+        chosen = plane.cached_layer(named)
+    if chosen is None:
+        return None
+    return _apply_json(plane, parsed, chosen)
+
+
+def _no_npy_query(query_string: bytes) -> None:
+    """A JSON request carries its parameters in its body: the .npy form's in the query are
+    refused, not silently ignored."""
+    names = {name for name, _ in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)}
+    stray = [name for name in _QUERY_ONLY if name in names]
     if stray:
         raise errors.RequestValidation(
             f"Query parameter(s) {', '.join(stray)} belong to the .npy form; "
             "a JSON request carries them in its body."
         )
-    raw = await request.body()
-    size = len(raw)
-    parsed = await plane.run(size, _parse_json, raw)
-    envelope = parsed.envelope
+
+
+def _stored_ref(envelope: ApplyRequest) -> str | None:
+    """The stored layer a JSON request names, or None when it gives its spec inline."""
     if (envelope.layer is None) == (envelope.spec is None):
         raise errors.RequestValidation("Give exactly one of `layer` (stored) and `spec` (inline).")
-    if envelope.layer is not None:
-        chosen: Layer | ResolvedSpec = await plane.layer(envelope.layer)
-    else:
-        assert envelope.spec is not None
-        chosen = plane.inline(envelope.spec)
-    return await plane.run(size, _apply_json, plane, parsed, chosen)
-
-
-def apply_now(plane: DataPlane, request: InlineRequest) -> Response | None:
-    """The .npy form with its layer in memory, answered without waiting (service.api.inline);
-    None for anything else: the JSON form, another media type, a layer to fetch."""
-    if media_type(request.header(b"content-type")) != NPY:
-        return None
-    check_acceptable(request.header(b"accept"), NPY)
-    query, ref = _npy_query(request.query_string)
-    stored = plane.cached_layer(ref)
-    if stored is None:
-        return None
-    return _apply_npy(plane, request.body, stored, query)
+    return envelope.layer
 
 
 def _npy_query(query_string: bytes) -> tuple[NpyQuery, str]:
@@ -173,7 +200,7 @@ class _ParsedJson:
     no_booleans: bool
 
 
-def _parse_json(body: bytes) -> _ParsedJson:
+def _parse_json(body: bytes | bytearray) -> _ParsedJson:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
