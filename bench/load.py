@@ -40,37 +40,32 @@ def tool_name() -> str:
     return "wrk" if shutil.which("wrk") else "python-asyncio"
 
 
-def measure(
-    url: str,
-    body: Path,
-    content_type: str,
-    connections: int,
-    duration: float,
-    header: str | None = None,
-) -> LoadResult:
-    """``header``: one more request header, ``"Name: value"``."""
-    if shutil.which("wrk"):
-        return _wrk(url, body, content_type, connections, duration, header)
-    return _python(url, body, content_type, connections, duration, header)
+@dataclass(frozen=True)
+class Point:
+    """One load point: ``connections`` keep-alive connections POSTing ``body`` to ``url``."""
+
+    url: str
+    body: Path
+    content_type: str
+    connections: int
+    duration: float
+    header: str | None = None  # one more request header, "Name: value"
 
 
-def _wrk(
-    url: str,
-    body: Path,
-    content_type: str,
-    connections: int,
-    duration: float,
-    header: str | None,
-) -> LoadResult:
-    seconds = max(1, round(duration))
+def measure(point: Point) -> LoadResult:
+    return _wrk(point) if shutil.which("wrk") else _python(point)
+
+
+def _wrk(point: Point) -> LoadResult:
+    seconds = max(1, round(point.duration))
     command = [
         "wrk",
-        *("-t", "1", "-c", str(connections), "-d", f"{seconds}s", "--timeout", "30s"),
-        *("-s", str(LUA), url),
+        *("-t", "1", "-c", str(point.connections), "-d", f"{seconds}s", "--timeout", "30s"),
+        *("-s", str(LUA), point.url),
     ]
-    env = {**os.environ, "BENCH_BODY": str(body), "BENCH_CONTENT_TYPE": content_type}
-    if header is not None:
-        env["BENCH_HEADER"] = header
+    env = {**os.environ, "BENCH_BODY": str(point.body), "BENCH_CONTENT_TYPE": point.content_type}
+    if point.header is not None:
+        env["BENCH_HEADER"] = point.header
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=seconds + 60)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("BENCH_RESULT ")]
     if done.returncode != 0 or not lines:
@@ -78,7 +73,7 @@ def _wrk(
     result = json.loads(lines[-1].removeprefix("BENCH_RESULT "))
     errors = {k: v for k, v in result["errors"].items() if v}
     if errors or result["requests"] == 0:
-        raise RuntimeError(f"wrk saw errors {errors} on {url}:\n{done.stdout}")
+        raise RuntimeError(f"wrk saw errors {errors} on {point.url}:\n{done.stdout}")
     return LoadResult(
         rps=result["requests"] / (result["duration_us"] / 1e6),
         p50_ms=result["p50_us"] / 1000,
@@ -88,23 +83,17 @@ def _wrk(
     )
 
 
-def _python(
-    url: str,
-    body: Path,
-    content_type: str,
-    connections: int,
-    duration: float,
-    header: str | None,
-) -> LoadResult:
+def _python(point: Point) -> LoadResult:
     command = [
         sys.executable,
-        *("-m", "bench.load", "--url", url, "--body", str(body)),
-        *("--content-type", content_type, "--connections", str(connections)),
-        *("--duration", str(duration)),
-        *(("--header", header) if header is not None else ()),
+        *("-m", "bench.load", "--url", point.url, "--body", str(point.body)),
+        *("--content-type", point.content_type, "--connections", str(point.connections)),
+        *("--duration", str(point.duration)),
+        *(("--header", point.header) if point.header is not None else ()),
     ]
     root = Path(__file__).resolve().parent.parent
-    done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 120, cwd=root)
+    timeout = point.duration + 120
+    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=root)
     if done.returncode != 0:
         raise RuntimeError(f"the Python load generator failed: {done.stderr}")
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -76,7 +76,7 @@ def preflight(port: int, form: Form) -> None:
 
 def load_point(port: int, form: Form, conns: int, secs: float) -> Any:
     url = f"http://{HOST}:{port}{form.target}"
-    return load.measure(url, form.body, form.content_type, conns, secs, form.header)
+    return load.measure(load.Point(url, form.body, form.content_type, conns, secs, form.header))
 
 
 def run(ctx: Context) -> list[Row]:
