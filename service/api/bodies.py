@@ -78,3 +78,8 @@ class BuffersResponse(Response):
             await send({"type": "http.response.body", "body": part, "more_body": index < last})
         if not self.parts:
             await send({"type": "http.response.body", "body": b""})
+
+
+def body_parts(response: Response) -> Sequence[bytes | memoryview]:
+    """The buffers ``response`` sends as its body, in order."""
+    return response.parts if isinstance(response, BuffersResponse) else [response.body]

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import asyncio
 from functools import cache
-from http import HTTPStatus
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from service.api import inline
+from service.api.bodies import body_parts
 from service.api.problems import PROBLEM_MEDIA_TYPE, problem_body
 from service.errors import HeadTimeout, HeadTooLarge, ServiceError
 from service.settings import Settings
@@ -50,7 +50,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._refused = False  # answered 431/408: the rest of what arrives is ignored
         self._held: bytearray | None = None  # the body of a request offered inline, so far
-        self._held_target: tuple[inline.Route, str, bytes] | None = None  # route, path, query
+        self._held_request: tuple[inline.Route, inline.InlineRequest] | None = None
         super().connection_made(transport)
         self._arm()
 
@@ -67,7 +67,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
         super().data_received(data)
         if self._held is not None:  # its body is still coming: the ordinary way waits for it
-            held, self._held = self._held, None
+            held, self._held, self._held_request = self._held, None, None
             if not self.transport.is_closing():
                 self._release(held, complete=False)
         if self._in_head and self._head_bytes > self._max_head:
@@ -150,23 +150,32 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         except httptools.HttpParserInvalidURLError:
             return False
         path = url.path.decode("latin-1")
-        route = None if "%" in path else inline.takes("POST", path, length)
-        if route is None:
+        offered = None if "%" in path else inline.takes("POST", path, length)
+        if offered is None:
             return False
+        route, params = offered
         self._held = bytearray()
-        self._held_target = (route, path, url.query or b"")
+        request = inline.InlineRequest("POST", path, url.query or b"", self.headers, self._held)
+        request.path_params = params
+        self._held_request = (route, request)
         return True
 
     def _answer(self, body: bytearray) -> None:
-        assert self._held_target is not None
-        route, path, query = self._held_target
-        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
-        request = inline.InlineRequest("POST", path, query, self.headers, body)
-        wire = inline.answer(route, request, self.server_state.default_headers, keep_alive)
-        if wire is None:  # declined, untouched
+        assert self._held_request is not None
+        route, request = self._held_request
+        self._held_request = None
+        response = inline.answer(route, request)
+        if response is None:  # declined, untouched
             self._release(body, complete=True)
             return
-        self.transport.write(wire)
+        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
+        head = [STATUS_LINE[response.status_code]]
+        for name, value in (*self.server_state.default_headers, *response.raw_headers):
+            head += (name, b": ", value, b"\r\n")
+        if not keep_alive:
+            head.append(b"connection: close\r\n")
+        head.append(b"\r\n")
+        self.transport.writelines([b"".join(head), *body_parts(response)])
         self.server_state.total_requests += 1
         if not keep_alive:
             self.transport.close()
@@ -212,10 +221,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             return
         body = problem_body(err.status, err.code, err.title, err.detail)
         head = (
-            f"HTTP/1.1 {err.status} {HTTPStatus(err.status).phrase}\r\n"
             f"content-type: {PROBLEM_MEDIA_TYPE}\r\n"
             f"content-length: {len(body)}\r\n"
             "connection: close\r\n\r\n"
         )
-        self.transport.write(head.encode("latin-1") + body)
+        self.transport.write(STATUS_LINE[err.status] + head.encode("latin-1") + body)
         self.transport.close()

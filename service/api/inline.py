@@ -22,15 +22,13 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http import HTTPStatus
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 from starlette.responses import Response
 
 from service import telemetry
 from service.api import problems
-from service.api.bodies import BuffersResponse
 from service.api.observe import HEADER, account, request_id_of
 from service.dataplane import INLINE_BYTES
 from service.errors import ServiceError
@@ -82,9 +80,6 @@ class _Installed:
 
 _installed: _Installed | None = None
 
-#: uvicorn's status lines are HTTP/1.1 whatever the request's version; so are these.
-_STATUS: Final = {200: b"HTTP/1.1 200 OK\r\n"}
-
 
 def install(app: FastAPI, routes: list[Route]) -> None:
     """Serve these routes inline for ``app``, while its lifespan runs."""
@@ -105,31 +100,24 @@ def uninstall() -> None:
     _installed = None
 
 
-def takes(method: str, path: str, length: int) -> Route | None:
-    """The route that may be offered a request with this method, path and Content-Length."""
+def takes(method: str, path: str, length: int) -> tuple[Route, dict[str, str]] | None:
+    """The route that may be offered a request with this method, path and Content-Length,
+    and the path's parameters."""
     installed = _installed
     if installed is None or length > installed.max_body:
         return None
     for route in installed.routes:
-        if route.method == method and route.pattern.match(path):
-            return route
+        matched = route.pattern.match(path) if route.method == method else None
+        if matched is not None:
+            return route, matched.groupdict()
     return None
 
 
-def answer(
-    route: Route,
-    request: InlineRequest,
-    default_headers: list[tuple[bytes, bytes]],
-    keep_alive: bool,
-) -> bytes | None:
-    """The whole HTTP response to ``request``, or None when ``route`` declines it."""
+def answer(route: Route, request: InlineRequest) -> Response | None:
+    """The response to ``request`` (its id header included), or None when ``route`` declines."""
     installed = _installed
     if installed is None:
         return None
-    matched = route.pattern.match(request.path)
-    if matched is None:
-        return None
-    request.path_params = matched.groupdict()
     start = time.perf_counter()
     context = telemetry.RequestContext(request_id_of(request.headers))
     token = telemetry.begin(context)
@@ -139,12 +127,12 @@ def answer(
         except ServiceError as exc:
             response = problems.service_error_response(request.path, exc)
         except ValidationError as exc:
-            response = problems.service_error_response(request.path, problems.validation_error(exc))
+            response = problems.validation_response(request.path, exc)
         except Exception as exc:
             response = problems.internal_error_response(exc)
         if response is None:
             return None
-        wire = _serialize(response, context.request_id, default_headers, keep_alive)
+        response.raw_headers.append((HEADER, context.request_id.encode()))
         seconds = time.perf_counter() - start
         account(
             installed.metrics,
@@ -155,27 +143,6 @@ def answer(
             seconds,
             context,
         )
-        return wire
+        return response
     finally:
         telemetry.end(token)
-
-
-def _serialize(
-    response: Response,
-    request_id: str,
-    default_headers: list[tuple[bytes, bytes]],
-    keep_alive: bool,
-) -> bytes:
-    status = response.status_code
-    line = _STATUS.get(status) or f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()
-    head: list[bytes | memoryview] = [line]
-    for name, value in (*default_headers, *response.raw_headers, (HEADER, request_id.encode())):
-        head += (name, b": ", value, b"\r\n")
-    if not keep_alive:
-        head.append(b"connection: close\r\n")
-    head.append(b"\r\n")
-    if isinstance(response, BuffersResponse):
-        head += response.parts
-    else:
-        head.append(response.body)
-    return b"".join(head)

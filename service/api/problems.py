@@ -190,6 +190,13 @@ def service_error_response(path: str, exc: ServiceError) -> Response:
     return error_response(path, exc)
 
 
+def validation_response(path: str, exc: RequestValidationError | ValidationError) -> Response:
+    """The answer to a request that failed validation, with pydantic's errors as details."""
+    err = validation_error(exc)
+    details = None if isinstance(err, InvalidJson) else validation_details(exc.errors())
+    return error_response(path, err, details)
+
+
 def internal_error_response(exc: BaseException) -> Response:
     """The 500 of a failure nothing expected: the cause is logged for operators, and the
     client is told nothing about the internals."""
@@ -215,9 +222,7 @@ def install(app: FastAPI) -> None:
 
     async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError | ValidationError)
-        err = validation_error(exc)
-        details = None if isinstance(err, InvalidJson) else validation_details(exc.errors())
-        return error_response(request.url.path, err, details)
+        return validation_response(request.url.path, exc)
 
     async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)

@@ -124,7 +124,7 @@ def minstd_draws(stream_seed: int, first: int, count: int) -> NDArray[np.int64]:
         return np.empty(0, dtype=np.int64)
     if count <= _FEW:
         # A handful of draws (a small batch): plain integers beat a dozen tiny numpy calls.
-        x = state * pow(MULTIPLIER, first % _ORDER, MODULUS) % MODULUS
+        x = _draw(state, first)
         few = []
         for _ in range(count):
             few.append(x)
@@ -137,6 +137,11 @@ def minstd_draws(stream_seed: int, first: int, count: int) -> NDArray[np.int64]:
     width = min(count, _BLOCK)
     draws = bases[:, None] * low[None, :width] % MODULUS
     return draws.reshape(-1)[:count]
+
+
+def _draw(state: int, k: int) -> int:
+    """Draw ``k`` of the engine that starts from ``state``: ``state * a**k mod m``."""
+    return state * pow(MULTIPLIER, k % _ORDER, MODULUS) % MODULUS
 
 
 def uniforms(stream_seed: int, first: int, count: int) -> NDArray[np.float32]:
@@ -160,8 +165,7 @@ def keep_mask(stream_seed: int, first: int, count: int, rate: float) -> NDArray[
     """
     threshold = np.float32(rate)
     if 0 < count <= _COMPILED and first >= 1:
-        start = engine_state(stream_seed) * pow(MULTIPLIER, first % _ORDER, MODULUS) % MODULUS
-        compiled = fastkernel.keep_mask(start, count, threshold)
+        compiled = fastkernel.keep_mask(_draw(engine_state(stream_seed), first), count, threshold)
         if compiled is not None:
             return compiled
     return keep_mask_numpy(stream_seed, first, count, rate)
