@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 from service.errors import InvalidCursor
 from service.layers.resolve import ResolvedSpec
@@ -121,11 +121,18 @@ def decode_cursor(cursor: str | None) -> int:
     return int(cursor)
 
 
-def page_of(rows: Sequence[Sequence[Any]], limit: int, layer_of: Callable[[Any], Layer]) -> Page:
-    """A page from up to ``limit + 1`` rows whose first column is the sequence number: the
-    extra row only says that another page follows."""
+_Item = TypeVar("_Item")
+
+
+def page_rows(
+    rows: Sequence[Sequence[Any]], limit: int, item_of: Callable[[Any], _Item]
+) -> tuple[list[_Item], str | None]:
+    """The items of a page, and the cursor of the next one, from up to ``limit + 1`` rows
+    whose first column is the sequence number: the extra row only says that another follows."""
     shown = rows[:limit]
-    return Page(
-        layers=[layer_of(row) for row in shown],
-        next_cursor=str(shown[-1][0]) if len(rows) > limit else None,
-    )
+    return [item_of(row) for row in shown], str(shown[-1][0]) if len(rows) > limit else None
+
+
+def page_of(rows: Sequence[Sequence[Any]], limit: int, layer_of: Callable[[Any], Layer]) -> Page:
+    """A page of layers (see ``page_rows``)."""
+    return Page(*page_rows(rows, limit, layer_of))

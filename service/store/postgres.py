@@ -13,7 +13,15 @@ from psycopg.types.json import Jsonb
 from service.errors import LayerNotFound, ModelNotFound, NameConflict, StoreUnavailable
 from service.layers.resolve import DEFAULT_NAMES, ResolvedSpec
 from service.layers.spec import Layer
-from service.store.base import ModelPage, Page, StoredModel, decode_cursor, keras_next_name, page_of
+from service.store.base import (
+    ModelPage,
+    Page,
+    StoredModel,
+    decode_cursor,
+    keras_next_name,
+    page_of,
+    page_rows,
+)
 from service.store.database import POOL_SIZE, START_TIMEOUT, TIMEOUT, Connection, Database
 
 _SCHEMA: Final = """
@@ -213,10 +221,7 @@ class PostgresLayerStore:
                 (after, limit + 1),
             ).fetchall()
         )
-        shown = rows[:limit]
-        return ModelPage(
-            [_row_model(row) for row in shown], str(shown[-1][0]) if len(rows) > limit else None
-        )
+        return ModelPage(*page_rows(rows, limit, _row_model))
 
     def delete_model(self, name: str) -> None:
         def remove(conn: Connection, maybe_applied: bool) -> bool:

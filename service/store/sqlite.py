@@ -23,7 +23,15 @@ from service.errors import (
 )
 from service.layers.resolve import DEFAULT_NAMES, ResolvedSpec
 from service.layers.spec import Layer
-from service.store.base import ModelPage, Page, StoredModel, decode_cursor, keras_next_name, page_of
+from service.store.base import (
+    ModelPage,
+    Page,
+    StoredModel,
+    decode_cursor,
+    keras_next_name,
+    page_of,
+    page_rows,
+)
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS layers (
@@ -213,11 +221,7 @@ class SqliteLayerStore:
                 f"SELECT {_MODEL_COLUMNS} FROM models WHERE seq > ? ORDER BY seq LIMIT ?",
                 (after, limit + 1),
             ).fetchall()
-        shown = rows[:limit]
-        return ModelPage(
-            [_row_model(row) for row in shown],
-            str(shown[-1][0]) if len(rows) > limit else None,
-        )
+        return ModelPage(*page_rows(rows, limit, _row_model))
 
     def delete_model(self, name: str) -> None:
         with self._connection() as conn:
