@@ -28,21 +28,41 @@ class JsonFormatter(logging.Formatter):
     """``{"time", "level", "logger", "message", "request_id", ...fields}`` on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": _utc_time(record.created),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        context = telemetry.current()
-        if context is not None:
-            entry["request_id"] = context.request_id
         fields = getattr(record, "fields", None)
-        if isinstance(fields, dict):
-            entry.update(fields)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        exception = self.formatException(record.exc_info) if record.exc_info else None
+        return json_line(
+            record.created,
+            record.levelname.lower(),
+            record.name,
+            record.getMessage(),
+            fields if isinstance(fields, dict) else None,
+            exception,
+        )
+
+
+def json_line(
+    created: float,
+    level: str,
+    logger: str,
+    message: str,
+    fields: dict[str, Any] | None = None,
+    exception: str | None = None,
+) -> str:
+    """The JSON line of one entry, in the request's context when one is live."""
+    entry: dict[str, Any] = {
+        "time": _utc_time(created),
+        "level": level,
+        "logger": logger,
+        "message": message,
+    }
+    context = telemetry.current()
+    if context is not None:
+        entry["request_id"] = context.request_id
+    if fields is not None:
+        entry.update(fields)
+    if exception is not None:
+        entry["exception"] = exception
+    return orjson.dumps(entry, default=str).decode()
 
 
 _second: tuple[int, str] = (-1, "")
@@ -91,13 +111,26 @@ class LoopTurnHandler(logging.StreamHandler):  # type: ignore[type-arg]
             super().emit(record)
             return
         try:
-            line = self.format(record) + self.terminator
+            line = self.format(record)
         except Exception:
             self.handleError(record)
             return
+        self._queue(loop, line)
+
+    def write_line(self, line: str) -> bool:
+        """Queue a line formatted already, as ``emit`` queues a record's; False (nothing
+        queued) off the loop's thread."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        self._queue(loop, line)
+        return True
+
+    def _queue(self, loop: asyncio.AbstractEventLoop, line: str) -> None:
         if not self._pending:
             loop.call_soon(self.flush)
-        self._pending.append(line)
+        self._pending.append(line + self.terminator)
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]
@@ -105,6 +138,47 @@ class LoopTurnHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 text, self._pending = "".join(self._pending), []
                 self.stream.write(text)
             super().flush()
+
+
+def info_line(logger: logging.Logger, message: str, fields: dict[str, Any]) -> None:
+    """Log ``message`` and its ``fields`` at INFO, straight to the JSON sink when there is
+    one (``json_sink``), else as a record."""
+    if not logger.isEnabledFor(logging.INFO):
+        return
+    sink = json_sink(logger, logging.INFO)
+    if sink is not None:
+        line = json_line(time.time(), "info", logger.name, message, fields)
+        if sink.write_line(line):
+            return
+    logger.info("%s", message, extra={"fields": fields})
+
+
+def json_sink(logger: logging.Logger, level: int) -> LoopTurnHandler | None:
+    """The one handler a ``level`` record of ``logger`` would reach, when it is a
+    LoopTurnHandler with the JSON formatter and no filter on the way; else None.
+
+    Then a line from ``json_line`` written there is what logging would have written, without
+    a LogRecord and the calls that route it: each request logs a line, so this is cost per
+    request. Anything else configured (another handler, a filter, tests' capture) sees
+    ordinary records.
+    """
+    if logger.filters:
+        return None
+    found: logging.Handler | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            if found is not None or level < handler.level:
+                return None
+            found = handler
+        current = current.parent if current.propagate else None
+    if (
+        type(found) is LoopTurnHandler
+        and type(found.formatter) is JsonFormatter
+        and not found.filters
+    ):
+        return found
+    return None
 
 
 def lean_records() -> None:

@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import telemetry
-from service.api.logs import ACCESS_LOGGER
+from service.api import logs
 from service.api.metrics import Metrics
 
 HEADER: Final = b"x-request-id"
@@ -27,7 +27,7 @@ _SANE_ID: Final = re.compile(rb"[A-Za-z0-9][A-Za-z0-9._:+/=-]{0,127}")
 #: The route label of a request that no route matched (its raw path would blow up the labels).
 UNMATCHED: Final = "unmatched"
 
-access_log = logging.getLogger(ACCESS_LOGGER)
+access_log = logging.getLogger(logs.ACCESS_LOGGER)
 
 
 class RequestTelemetry:
@@ -117,19 +117,11 @@ def _route_template(scope: Scope) -> str:
 
 def _log_access(method: str, path: str, route: str, status: int, seconds: float) -> None:
     duration_ms = round(seconds * 1000, 3)
-    access_log.info(
-        "%s %s %d %.1fms",
-        method,
-        path,
-        status,
-        duration_ms,
-        extra={
-            "fields": {
-                "method": method,
-                "path": path,
-                "route": route,
-                "status": status,
-                "duration_ms": duration_ms,
-            }
-        },
-    )
+    fields = {
+        "method": method,
+        "path": path,
+        "route": route,
+        "status": status,
+        "duration_ms": duration_ms,
+    }
+    logs.info_line(access_log, f"{method} {path} {status} {duration_ms:.1f}ms", fields)

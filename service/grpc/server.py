@@ -23,8 +23,8 @@ from grpc_health.v1 import health_pb2
 from starlette.concurrency import run_in_threadpool
 
 from service import __version__, telemetry
+from service.api import logs
 from service.api.auth import TokenCheck
-from service.api.logs import ACCESS_LOGGER
 from service.api.metrics import Metrics
 from service.dataplane import DataPlane
 from service.errors import ServiceError
@@ -40,7 +40,7 @@ EXTENSIONS: Final = ("binary_tensor_data",)
 #: HTTP/2 streams one client connection may have open at once (grpcio's default: no limit).
 MAX_STREAMS_PER_CONNECTION: Final = 100
 
-access_log = logging.getLogger(ACCESS_LOGGER)
+access_log = logging.getLogger(logs.ACCESS_LOGGER)
 log = logging.getLogger(__name__)
 
 Handler = Callable[[bytes], Awaitable[bytes]]
@@ -222,20 +222,8 @@ def _request_id(metadata: dict[str, str | bytes]) -> str:
 
 def _log_access(method: str, code: grpc.StatusCode, seconds: float) -> None:
     duration_ms = round(seconds * 1000, 3)
-    access_log.info(
-        "GRPC %s %s %.1fms",
-        method,
-        code.name,
-        duration_ms,
-        extra={
-            "fields": {
-                "protocol": "grpc",
-                "method": method,
-                "status": code.name,
-                "duration_ms": duration_ms,
-            }
-        },
-    )
+    fields = {"protocol": "grpc", "method": method, "status": code.name, "duration_ms": duration_ms}
+    logs.info_line(access_log, f"GRPC {method} {code.name} {duration_ms:.1f}ms", fields)
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:

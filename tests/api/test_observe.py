@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from service import telemetry
 from service.api.app import create_app
-from service.api.logs import JsonFormatter, LoopTurnHandler, log_config
+from service.api.logs import JsonFormatter, LoopTurnHandler, info_line, json_sink, log_config
 from service.settings import Settings
 from tests.conftest import Server
 from tests.inprocess import InProcess
@@ -202,3 +203,73 @@ def test_lines_logged_in_one_turn_of_the_loop_are_written_together() -> None:
         assert stream.getvalue().splitlines() == lines
     finally:
         logger.removeHandler(handler)
+
+
+@pytest.fixture
+def served_logger() -> Iterator[tuple[logging.Logger, io.StringIO, LoopTurnHandler]]:
+    """A logger configured as a served process's: one LoopTurnHandler with the JSON formatter."""
+    stream = io.StringIO()
+    handler = LoopTurnHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("tests.served")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    yield logger, stream, handler
+    logger.removeHandler(handler)
+
+
+def without_capture(logger: logging.Logger, handler: logging.Handler) -> None:
+    """Leave ``handler`` alone on ``logger``: pytest attaches its capture to loggers that do
+    not propagate, as each test starts, and a served process has no such handler."""
+    logger.handlers[:] = [handler]
+
+
+def test_a_line_written_straight_to_the_sink_is_the_line_a_record_makes(
+    served_logger: tuple[logging.Logger, io.StringIO, LoopTurnHandler],
+) -> None:
+    logger, stream, handler = served_logger
+    without_capture(logger, handler)
+    assert json_sink(logger, logging.INFO) is handler
+    fields = {"method": "POST", "path": '/a "quoted"\n/path', "status": 200, "duration_ms": 0.25}
+
+    async def both() -> None:
+        context = telemetry.RequestContext("the-request")
+        token = telemetry.begin(context)
+        try:
+            info_line(logger, "straight", fields)
+            logger.info("%s", "straight", extra={"fields": fields})
+        finally:
+            telemetry.end(token)
+        await asyncio.sleep(0)
+
+    asyncio.run(both())
+    direct, recorded = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert direct.pop("time")[:16] == recorded.pop("time")[:16]
+    assert direct == recorded
+    assert recorded["request_id"] == "the-request" and recorded["path"] == fields["path"]
+
+
+def test_any_other_configuration_gets_records(
+    served_logger: tuple[logging.Logger, io.StringIO, LoopTurnHandler],
+) -> None:
+    logger, stream, handler = served_logger
+    without_capture(logger, handler)
+    captured = Lines()
+    logger.addHandler(captured)  # a second handler: what tests' capture does
+    try:
+        assert json_sink(logger, logging.INFO) is None
+        info_line(logger, "to both", {"n": 1})
+        assert [line["n"] for line in captured.lines] == [1]
+    finally:
+        logger.removeHandler(captured)
+    logger.addFilter(logging.Filter("elsewhere"))  # a filter that drops every record here
+    try:
+        assert json_sink(logger, logging.INFO) is None
+        info_line(logger, "filtered", {"n": 2})
+    finally:
+        logger.filters.clear()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    assert json_sink(logger, logging.INFO) is None
+    handler.flush()
+    assert [json.loads(line)["n"] for line in stream.getvalue().splitlines()] == [1]
