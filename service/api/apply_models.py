@@ -112,10 +112,11 @@ class ApplyResponse(TypedDict):
 class NpyQuery(BaseModel):
     """The query parameters of a .npy /apply request (a JSON request carries them in its body).
 
-    Validated with ``model_validate_strings``: query values are text.
+    Validated with ``model_validate_strings``: query values are text. Frozen, because one
+    parse serves every request with the same query string.
     """
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     layer: str | None = Field(
         default=None, description=".npy form only: the stored layer's id or name."

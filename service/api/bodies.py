@@ -61,13 +61,24 @@ class BuffersResponse(Response):
         headers: dict[str, str] | None = None,
         status_code: int = 200,
     ) -> None:
-        super().__init__(None, status_code=status_code, headers=headers, media_type=media_type)
+        # Not Response.__init__: its header handling (charsets, a body to measure) is for
+        # bodies of other kinds, and costs a small answer more than its tensor does.
+        self.status_code = status_code
+        self.media_type = media_type
+        self.background = None
+        self.body = b""  # what Response.__init__ leaves for no content: the parts are the body
         self.parts = [memoryview(part).cast("B") for part in parts]
         size = sum(part.nbytes for part in self.parts)
         if size <= JOIN_BYTES and len(self.parts) > 1:
             # Each part is a write to the socket: below this, one copy costs less.
             self.parts = [memoryview(b"".join(self.parts))]
-        self.headers["content-length"] = str(size)
+        raw = [
+            (name.lower().encode("latin-1"), value.encode("latin-1"))
+            for name, value in (headers or {}).items()
+        ]
+        raw.append((b"content-type", media_type.encode("latin-1")))
+        raw.append((b"content-length", str(size).encode("latin-1")))
+        self.raw_headers = raw
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send(

@@ -111,32 +111,60 @@ def decode_npy(body: bytes | bytearray | memoryview, *, max_elements: int) -> ND
     Fortran-order data.
     """
     view = memoryview(body).cast("B")
-    header, offset = _read_header(view)
-    descr, fortran_order, shape = _check_header(header)
-    name, little = _parse_descr(descr)
+    offset = _header_end(view)
+    layout = _layout(bytes(view[:offset]))
+    shape = layout.shape
     count = check_shape(shape, max_elements)
-    dtype = DTYPES[name]
+    dtype = layout.dtype
     nbytes = count * dtype.itemsize
     available = len(view) - offset
     if available < nbytes:
         raise InvalidNpy(
             f"The .npy header promises {nbytes} data bytes (shape {format_shape(shape)}, "
-            f"{name}), but only {available} follow it."
+            f"{layout.name}), but only {available} follow it."
         )
     if available > nbytes:
         raise InvalidNpy(
             f"{available - nbytes} unexpected bytes follow the {nbytes} data bytes "
             "the .npy header promises."
         )
-    if little == _NATIVE_LITTLE:
+    if layout.little == _NATIVE_LITTLE:
         flat = np.frombuffer(view, dtype=dtype, count=count, offset=offset)
-        return np.asarray(_shaped(flat, shape, fortran_order), order="C")
+        if not layout.fortran_order:
+            return flat.reshape(shape)
+        return np.asarray(_shaped(flat, shape, fortran_order=True), order="C")
     # Foreign byte order: read as same-size unsigned ints and let the one copy swap them;
     # ml_dtypes' bfloat16 cannot swap its own bytes, unsigned ints can.
     uint = np.dtype(f"u{dtype.itemsize}")
-    wire = uint.newbyteorder("<" if little else ">")
+    wire = uint.newbyteorder("<" if layout.little else ">")
     raw = np.frombuffer(view, dtype=wire, count=count, offset=offset)
-    return _shaped(raw, shape, fortran_order).astype(uint, order="C").view(dtype)
+    return _shaped(raw, shape, layout.fortran_order).astype(uint, order="C").view(dtype)
+
+
+class _Layout(NamedTuple):
+    """What a checked header says of its data."""
+
+    name: str  # the wire dtype name
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]
+    fortran_order: bool
+    little: bool
+
+
+#: Clients send the same few headers again and again: each is parsed and checked once. The
+#: key is the whole header, at most MAX_HEADER_BYTES, so the memo stays under 4 MiB.
+@functools.lru_cache(maxsize=64)
+def _layout(header: bytes) -> _Layout:
+    """The layout a whole header (magic to padding, as ``_header_end`` bounds it) gives."""
+    major, minor = header[len(MAGIC)], header[len(MAGIC) + 1]
+    length_size, encoding = _VERSIONS[major, minor]
+    try:
+        text = header[len(MAGIC) + 2 + length_size :].decode(encoding)
+    except UnicodeDecodeError:
+        raise InvalidNpy(f"The .npy header is not valid {encoding}.") from None
+    descr, fortran_order, shape = _check_header(_literal(text))
+    name, little = _parse_descr(descr)
+    return _Layout(name, DTYPES[name], shape, fortran_order, little)
 
 
 def encode_npy_parts(array: NDArray[Any]) -> NpyParts:
@@ -168,8 +196,9 @@ def encode_npy(array: NDArray[Any]) -> bytes:
     return b"".join((header, data))
 
 
-def _read_header(view: memoryview) -> tuple[object, int]:
-    """The header literal (not yet checked) and the offset of the data."""
+def _header_end(view: memoryview) -> int:
+    """The offset of the data: the end of a header whose magic, version and length are sane
+    (its text is not looked at yet)."""
     size = len(view)
     prefix = bytes(view[: len(MAGIC)])
     if prefix != MAGIC:
@@ -183,7 +212,7 @@ def _read_header(view: memoryview) -> tuple[object, int]:
         raise InvalidNpy(
             f"Unsupported .npy format version {major}.{minor}; expected 1.0, 2.0 or 3.0."
         )
-    length_size, encoding = _VERSIONS[major, minor]
+    length_size, _ = _VERSIONS[major, minor]
     start = len(MAGIC) + 2 + length_size
     if size < start:
         raise InvalidNpy("Truncated .npy: the body ends inside the header length.")
@@ -198,18 +227,19 @@ def _read_header(view: memoryview) -> tuple[object, int]:
         raise InvalidNpy(
             f"Truncated .npy: the header claims {header_len} bytes, but only {size - start} follow."
         )
-    try:
-        text = bytes(view[start:end]).decode(encoding)
-    except UnicodeDecodeError:
-        raise InvalidNpy(f"The .npy header is not valid {encoding}.") from None
+    return end
+
+
+def _literal(text: str) -> object:
+    """The header's Python literal, not yet checked."""
     common = _parse_common_header(text)
     if common is not None:
-        return common, end
+        return common
     try:
         # literal_eval builds only literals (no calls, no names); its failure modes vary by
         # Python version (ValueError, SyntaxError, MemoryError, RecursionError, ...), so any
         # exception here means a malformed header.
-        return ast.literal_eval(text), end
+        return ast.literal_eval(text)
     except Exception:
         raise InvalidNpy("The .npy header is not a Python literal.") from None
 

@@ -19,6 +19,7 @@ any mask whose broadcast axes form one block, which covers every spatial layer a
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 from collections.abc import Callable
@@ -59,6 +60,7 @@ def available() -> bool:
     return _native is not None
 
 
+@functools.lru_cache(maxsize=1024)
 def rows_and_width(shape: tuple[int, ...], mask_shape: tuple[int, ...]) -> tuple[int, int] | None:
     """(rows, width) such that x is (rows, spatial, width) and the mask (rows, 1, width), or
     None when the mask's broadcast axes are not one block (e.g. ``(1, H, 1)``)."""

@@ -55,6 +55,8 @@ class DropoutResult:
     mask: NDArray[np.bool_]
 
 
+#: Requests repeat a few (layer, shape) pairs: each is worked out once (a refusal is not kept).
+@functools.lru_cache(maxsize=1024)
 def mask_shape(config: DropoutConfig, input_shape: tuple[int, ...]) -> tuple[int, ...]:
     """The keep mask's shape for this input, after checking the input fits the layer."""
     rank = len(input_shape)
@@ -135,6 +137,7 @@ def keep_mask_for(
     return flat.reshape(shape)
 
 
+@functools.lru_cache(maxsize=256)
 def keep_factor(rate: float, dtype: np.dtype[Any]) -> np.generic:
     """``1 - rate`` computed in float64, then correctly rounded once to ``dtype``.
 
@@ -190,12 +193,12 @@ def apply(
     mask = keep_mask_for(config, x.shape, seed, sample_offset)
     mask.flags.writeable = False
     keep = keep_factor(config.rate, dtype)
+    if fastkernel.train(x, out, mask, keep, _quotient_table):
+        return DropoutResult(output=out, mask=mask)  # one compiled pass, the same bits
     # No warnings: overflow to inf is the IEEE result, and at rate 1 (keep 0, every cell
     # dropped) x / 0 is discarded.
     with np.errstate(all="ignore"):
-        if fastkernel.train(x, out, mask, keep, _quotient_table):
-            pass  # one compiled pass, the same bits as the numpy paths below
-        elif (
+        if (
             config.kind is Kind.DROPOUT
             or x.nbytes <= _BLOCK_BYTES  # fits in cache already: two plain passes are cheapest
             or not x.flags.c_contiguous

@@ -10,7 +10,7 @@ graph run by onnxruntime on Linux. (Other standard libraries, such as MSVC's, us
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
 from typing import Final
 
 import numpy as np
@@ -43,6 +43,7 @@ _RANGE: Final = np.float32(2**31)
 _BELOW_ONE: Final = np.nextafter(np.float32(1), np.float32(0))
 
 
+@lru_cache(maxsize=1024)  # a few seeds recur (a layer's own, Monte Carlo's seed + i)
 def mix_seed(seed: int) -> int:
     """Map a user seed to a minstd stream seed in ``[1, MODULUS - 1]``; the same forever.
 

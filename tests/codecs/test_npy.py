@@ -351,3 +351,19 @@ def test_the_fast_header_parser_agrees_with_literal_eval(
 )
 def test_headers_off_numpys_layout_take_the_slow_path(text: str) -> None:
     assert _parse_common_header(text) is None
+
+
+def test_a_header_seen_before_is_still_checked_against_each_body_and_limit() -> None:
+    body = save(np.arange(12, dtype=np.float32).reshape(3, 4))
+    for _ in range(2):  # the second decode finds the header's layout remembered
+        np.testing.assert_array_equal(decode_npy(body, max_elements=LIMIT).ravel(), np.arange(12))
+    with pytest.raises(TensorTooLarge):
+        decode_npy(body, max_elements=11)
+    with pytest.raises(InvalidNpy, match="only 44 follow"):
+        decode_npy(body[:-4], max_elements=LIMIT)
+    with pytest.raises(InvalidNpy, match="unexpected bytes"):
+        decode_npy(body + b"\0", max_elements=LIMIT)
+    refused = npy("{'descr': '|O', 'fortran_order': False, 'shape': (1,), }")
+    for _ in range(2):  # a refusal is made again, never remembered as a layout
+        with pytest.raises(UnsupportedDtype):
+            decode_npy(refused, max_elements=LIMIT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qsl
@@ -164,6 +165,19 @@ def _stored_ref(envelope: ApplyRequest) -> str | None:
 
 def _npy_query(query_string: bytes) -> tuple[NpyQuery, str]:
     """The .npy form's query parameters, and the layer they name."""
+    if len(query_string) <= 512:
+        return _remembered_query(query_string)
+    return _parse_npy_query(query_string)
+
+
+#: Clients repeat their query strings: each distinct short one is parsed once (a refusal is
+#: not kept), so the memo holds at most 128 KiB of them.
+@functools.lru_cache(maxsize=256)
+def _remembered_query(query_string: bytes) -> tuple[NpyQuery, str]:
+    return _parse_npy_query(query_string)
+
+
+def _parse_npy_query(query_string: bytes) -> tuple[NpyQuery, str]:
     pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
     try:
         query = NpyQuery.model_validate_strings(dict(pairs))
