@@ -119,7 +119,15 @@ class LoopTurnHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def write_line(self, line: str) -> bool:
         """Queue a line formatted already, as ``emit`` queues a record's; False (nothing
-        queued) off the loop's thread."""
+        queued) off any loop's thread.
+
+        Behind a line of this turn no loop is looked up: in Python 3.11 each
+        ``get_running_loop`` is a system call (getpid, to notice a fork), and under load a
+        turn answers several requests.
+        """
+        if self._pending:
+            self._pending.append(line + self.terminator)
+            return True
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

@@ -186,7 +186,9 @@ def decode_infer(
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidInferRequest(f"{where}: {first['msg']}.") from None
     _check_binary_sizes(request.inputs, len(tail))
-    no_booleans = not may_hold_booleans(head, payload)
+    # Only JSON data needs it, and counting the header's words costs a binary request more
+    # than its tensor does.
+    no_booleans = all(values is None for values in data) or not may_hold_booleans(head, payload)
     tensors: dict[str, NDArray[Any]] = {}
     budget = max_elements
     offset = 0
