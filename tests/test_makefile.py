@@ -48,10 +48,12 @@ def creates_venv(commands: list[str]) -> bool:
 
 
 def mark(venv: Path, *stamps: str) -> None:
-    """A .venv as the given stamps say it was installed (stamps newer than pyproject.toml)."""
+    """A .venv as the given stamps say it was installed (stamps newer than what they are
+    made from: pyproject.toml and the kernel's C source)."""
     (venv / "bin").mkdir(parents=True, exist_ok=True)
     (venv / "bin" / "python").touch()
-    later = (ROOT / "pyproject.toml").stat().st_mtime + 10
+    sources = (ROOT / "pyproject.toml", ROOT / "service" / "core" / "_fastkernel.c")
+    later = max(source.stat().st_mtime for source in sources) + 10
     for stamp in stamps:
         (venv / stamp).touch()
         os.utime(venv / stamp, (later, later))
