@@ -169,6 +169,74 @@ def decode_infer(
     """Check an infer request and decode its input tensors (JSON or binary), at most
     ``max_elements`` elements in all."""
     head, tail = split_body(body, header_length)
+    key = bytes(head) if len(head) <= _REMEMBERED_BYTES else None
+    header = None if key is None else _remembered.get(key)
+    if header is None:
+        header = _parse_header(head)
+        if key is not None and header.binary_only:
+            if len(_remembered) >= _REMEMBERED:
+                _remembered.clear()  # a client cycling headers only costs its own parses
+            _remembered[key] = header
+    return header.decode(tail, max_elements)
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    """An infer request's JSON header, parsed and checked: everything but the tensors."""
+
+    request: V2InferRequest
+    data: tuple[object, ...]  # each input's JSON data, None for a binary one
+    no_booleans: bool
+    parameters: InferParameters
+    outputs: tuple[WantedOutput, ...]
+    #: A refusal of the wanted outputs, raised after the inputs' (the order of the checks)
+    outputs_refused: InvalidInferRequest | None = None
+
+    @property
+    def binary_only(self) -> bool:
+        return self.outputs_refused is None and all(values is None for values in self.data)
+
+    def decode(self, tail: memoryview, max_elements: int) -> DecodedInfer:
+        """The request, with its tensors read from their JSON data or from ``tail``."""
+        _check_binary_sizes(self.request.inputs, len(tail))
+        tensors: dict[str, NDArray[Any]] = {}
+        budget = max_elements
+        offset = 0
+        for index, (spec, values) in enumerate(zip(self.request.inputs, self.data, strict=True)):
+            if spec.name in tensors:
+                raise InvalidInferRequest(f"Input {spec.name!r} is given twice.")
+            tensor, used = _input_tensor(
+                spec, index, values, tail[offset:], budget, self.no_booleans
+            )
+            offset += used
+            budget -= tensor.size
+            tensors[spec.name] = tensor
+        if offset != len(tail):
+            raise InvalidInferRequest(
+                f"{len(tail)} bytes follow the inference header, but the inputs' "
+                f"parameters.binary_data_size account for {offset}."
+            )
+        if self.outputs_refused is not None:
+            raise self.outputs_refused
+        return DecodedInfer(
+            request=InferRequest(
+                request_id=self.request.id,
+                inputs=tensors,
+                parameters=self.parameters,
+                outputs=tuple(w.name for w in self.outputs) or None,
+            ),
+            outputs=self.outputs,
+        )
+
+
+#: Clients send the same binary request header again and again (only the tail changes), so a
+#: short one whose inputs are all binary is parsed and checked once. It is never mutated.
+_REMEMBERED: Final = 64
+_REMEMBERED_BYTES: Final = 4096
+_remembered: dict[bytes, _Header] = {}
+
+
+def _parse_header(head: memoryview) -> _Header:
     try:
         payload = orjson.loads(head)
     except orjson.JSONDecodeError as exc:
@@ -178,43 +246,22 @@ def decode_infer(
     inputs = payload.get("inputs")
     if not isinstance(inputs, list) or not inputs or not all(isinstance(i, dict) for i in inputs):
         raise InvalidInferRequest("`inputs` must be a non-empty list of input tensors.")
-    data = [entry.pop("data", None) for entry in inputs]
+    data = tuple(entry.pop("data", None) for entry in inputs)
     try:
         request = V2InferRequest.model_validate(payload)
     except PydanticValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidInferRequest(f"{where}: {first['msg']}.") from None
-    _check_binary_sizes(request.inputs, len(tail))
     # Only JSON data needs it, and counting the header's words costs a binary request more
     # than its tensor does.
     no_booleans = all(values is None for values in data) or not may_hold_booleans(head, payload)
-    tensors: dict[str, NDArray[Any]] = {}
-    budget = max_elements
-    offset = 0
-    for index, (spec, values) in enumerate(zip(request.inputs, data, strict=True)):
-        if spec.name in tensors:
-            raise InvalidInferRequest(f"Input {spec.name!r} is given twice.")
-        tensor, used = _input_tensor(spec, index, values, tail[offset:], budget, no_booleans)
-        offset += used
-        budget -= tensor.size
-        tensors[spec.name] = tensor
-    if offset != len(tail):
-        raise InvalidInferRequest(
-            f"{len(tail)} bytes follow the inference header, but the inputs' "
-            f"parameters.binary_data_size account for {offset}."
-        )
     params = request.parameters or InferParameters()
-    wanted = _wanted_outputs(request, params.binary_data_output)
-    return DecodedInfer(
-        request=InferRequest(
-            request_id=request.id,
-            inputs=tensors,
-            parameters=params,
-            outputs=tuple(w.name for w in wanted) or None,
-        ),
-        outputs=wanted,
-    )
+    try:
+        wanted = _wanted_outputs(request, params.binary_data_output)
+    except InvalidInferRequest as exc:
+        return _Header(request, data, no_booleans, params, (), exc)
+    return _Header(request, data, no_booleans, params, wanted)
 
 
 def _check_binary_sizes(inputs: list[V2InputTensor], tail: int) -> None:
