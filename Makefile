@@ -17,15 +17,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# The kernel's C extension is optional: a failed build must not leave an old one behind.
-$(VENV)/.runtime: pyproject.toml service/core/_fastkernel.c | $(BIN)/python
-	rm -f service/core/_fastkernel.*.so
+# The C extensions are optional: a failed build must not leave an old one behind.
+EXTENSIONS := service/core/_fastkernel.c service/codecs/_numbers.c
+
+$(VENV)/.runtime: pyproject.toml $(EXTENSIONS) | $(BIN)/python
+	rm -f $(EXTENSIONS:.c=.*.so)
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
 # A full install holds the runtime one too: its stamp is renewed with it.
-$(VENV)/.installed: pyproject.toml service/core/_fastkernel.c | $(BIN)/python
-	rm -f service/core/_fastkernel.*.so
+$(VENV)/.installed: pyproject.toml $(EXTENSIONS) | $(BIN)/python
+	rm -f $(EXTENSIONS:.c=.*.so)
 	$(BIN)/pip install --quiet -e '.[dev,compat]'
 	touch $@ $(VENV)/.runtime
 

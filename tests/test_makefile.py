@@ -49,10 +49,10 @@ def creates_venv(commands: list[str]) -> bool:
 
 def mark(venv: Path, *stamps: str) -> None:
     """A .venv as the given stamps say it was installed (stamps newer than what they are
-    made from: pyproject.toml and the kernel's C source)."""
+    made from: pyproject.toml and the C sources)."""
     (venv / "bin").mkdir(parents=True, exist_ok=True)
     (venv / "bin" / "python").touch()
-    sources = (ROOT / "pyproject.toml", ROOT / "service" / "core" / "_fastkernel.c")
+    sources = (ROOT / "pyproject.toml", *ROOT.glob("service/*/_*.c"))
     later = max(source.stat().st_mtime for source in sources) + 10
     for stamp in stamps:
         (venv / stamp).touch()

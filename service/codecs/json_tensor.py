@@ -23,6 +23,7 @@ import ml_dtypes
 import numpy as np
 from numpy.typing import NDArray
 
+from service.codecs import numbers
 from service.codecs.npy import check_shape, format_shape, short_repr
 from service.core.bounds import MAX_RANK
 from service.core.dtypes import DTYPES, dtype_name
@@ -156,10 +157,12 @@ def _fast_array(
 ) -> NDArray[Any] | None:
     """numpy's discovery of ``leaves`` (which must come out as ``wanted``) and one cast to
     ``name`` in ``shape``; None whenever the exact path must decide (and word the error)."""
-    try:
-        found = np.asarray(leaves)
-    except (ValueError, OverflowError):
-        return None  # ragged, too deep, or a huge integer
+    found = numbers.floats(leaves) if len(wanted) == 1 else None  # a flat list of numbers
+    if found is None:
+        try:
+            found = np.asarray(leaves)
+        except (ValueError, OverflowError):
+            return None  # ragged, too deep, or a huge integer
     if found.dtype.kind not in "fiu" or found.shape != wanted:
         return None  # strings, nulls, objects, all-booleans, a flat list that is not flat
     with np.errstate(over="ignore"):
