@@ -37,8 +37,16 @@ class Processes:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if exc_type is not None and not issubclass(exc_type, KeyboardInterrupt):
+            self._show_logs()  # the temporary directory, and the servers' logs, go next
         self.stop_all()
         self._tmp.cleanup()
+
+    def _show_logs(self, lines: int = 30) -> None:
+        for proc in self._procs:
+            if proc.log is not None and proc.log.exists():
+                tail = proc.log.read_text(errors="replace").splitlines()[-lines:]
+                print(f"--- last lines of {proc.log.name}:", *tail, sep="\n", file=sys.stderr)
 
     def stop_all(self) -> None:
         while self._procs:
