@@ -106,7 +106,7 @@ class LoopTurnHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            loop = asyncio.get_running_loop()
+            asyncio.get_running_loop()
         except RuntimeError:
             super().emit(record)
             return
@@ -115,7 +115,7 @@ class LoopTurnHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except Exception:
             self.handleError(record)
             return
-        self._queue(loop, line)
+        self.write_line(line)
 
     def write_line(self, line: str) -> bool:
         """Queue a line formatted already, as ``emit`` queues a record's; False (nothing
@@ -125,20 +125,14 @@ class LoopTurnHandler(logging.StreamHandler):  # type: ignore[type-arg]
         ``get_running_loop`` is a system call (getpid, to notice a fork), and under load a
         turn answers several requests.
         """
-        if self._pending:
-            self._pending.append(line + self.terminator)
-            return True
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return False
-        self._queue(loop, line)
-        return True
-
-    def _queue(self, loop: asyncio.AbstractEventLoop, line: str) -> None:
         if not self._pending:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return False
             loop.call_soon(self.flush)
         self._pending.append(line + self.terminator)
+        return True
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]

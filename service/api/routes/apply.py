@@ -170,13 +170,6 @@ def _npy_query(query_string: bytes) -> tuple[NpyQuery, str]:
     return _parse_npy_query(query_string)
 
 
-#: Clients repeat their query strings: each distinct short one is parsed once (a refusal is
-#: not kept), so the memo holds at most 128 KiB of them.
-@functools.lru_cache(maxsize=256)
-def _remembered_query(query_string: bytes) -> tuple[NpyQuery, str]:
-    return _parse_npy_query(query_string)
-
-
 def _parse_npy_query(query_string: bytes) -> tuple[NpyQuery, str]:
     pairs = parse_qsl(query_string.decode("latin-1"), keep_blank_values=True)
     try:
@@ -186,6 +179,11 @@ def _parse_npy_query(query_string: bytes) -> tuple[NpyQuery, str]:
     if query.layer is None:
         raise errors.RequestValidation("layer: the .npy form needs ?layer=<id or name>.")
     return query, query.layer
+
+
+#: Clients repeat their query strings: each distinct short one is parsed once (a refusal is
+#: not kept), so the memo holds at most 128 KiB of them.
+_remembered_query = functools.lru_cache(maxsize=256)(_parse_npy_query)
 
 
 def _apply_npy(plane: DataPlane, body: bytearray, layer: Layer, query: NpyQuery) -> Response:
