@@ -13,7 +13,9 @@ from pydantic import ValidationError
 
 from service import __version__
 from service.errors import ServiceError
-from service.onnx.export import DEFAULT_DTYPE, DEFAULT_OPSET, MIN_OPSET, ONNX_DTYPES
+from service.onnx.export import DEFAULT_DTYPE
+from service.onnx.graph import ONNX_DTYPES
+from service.onnx.opsets import DEFAULT_OPSET, MIN_OPSET
 from service.params import Opset, Seed, cli_type
 from service.settings import Settings
 

@@ -19,12 +19,16 @@ from pydantic import BeforeValidator, Field, Strict, TypeAdapter, ValidationErro
 from service.core.dtypes import DTYPES
 
 __all__ = [
+    "DEFAULT_MASK",
     "DTYPE_NAMES",
     "ENGINES",
     "FROM_TEXT",
     "INTEGRAL",
+    "MASK_FORMS",
     "SEED_LIMIT",
     "Engine",
+    "Mask",
+    "MaskForm",
     "McSamples",
     "Opset",
     "SampleOffset",
@@ -92,6 +96,20 @@ DTYPE_NAMES: Final[tuple[str, ...]] = get_args(TensorDtype)
 if set(DTYPE_NAMES) != set(DTYPES):  # pragma: no cover - a programming error, caught at import
     raise AssertionError("TensorDtype must name exactly the dtypes of service.core.dtypes")
 
+#: How an ONNX graph draws its keep mask: the Dropout operator (exact on onnxruntime's CPU
+#: build on Linux), or the stream computed in the graph from integers (exact on any runtime).
+MaskForm = Literal["dropout", "portable"]
+MASK_FORMS: Final[tuple[str, ...]] = get_args(MaskForm)
+DEFAULT_MASK: Final[MaskForm] = "dropout"
+Mask = Annotated[
+    MaskForm,
+    Field(
+        description="dropout: the Dropout operator (exact with /apply on onnxruntime's CPU "
+        "build on Linux); portable: the stream computed in the graph, no random operator, "
+        "exact on any ONNX runtime, training_mode a plain input."
+    ),
+]
+
 #: What runs a layer: the numpy kernel, or the layer's exported graph in onnxruntime.
 Engine = Annotated[
     Literal["numpy", "onnxruntime"],
@@ -106,13 +124,13 @@ ENGINES: Final[tuple[str, ...]] = get_args(get_args(Engine)[0])
 def _opset_bounds(schema: dict[str, Any]) -> None:
     """The schema states the opsets the installed onnx and onnxruntime both support; asked
     when the document is built, not at import (the answer comes from opening models)."""
-    from service.onnx.export import supported_opsets
+    from service.onnx.opsets import supported_opsets
 
     offered = supported_opsets()
     schema.update(minimum=offered.start, maximum=offered.stop - 1)
 
 
-#: An ONNX opset. Its range is checked by ``service.onnx.export.check_opset``, which refuses
+#: An ONNX opset. Its range is checked by ``service.onnx.opsets.check_opset``, which refuses
 #: with ``unsupported_opset`` (a code of its own), and stated in the schema.
 Opset = Annotated[
     int,

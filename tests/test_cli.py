@@ -15,7 +15,7 @@ import pytest
 from service import __version__
 from service.layers.resolve import resolve
 from service.layers.spec import LayerCreate
-from service.onnx.export import ONNX_DTYPES
+from service.onnx.graph import ONNX_DTYPES
 from service.store.sqlite import SqliteLayerStore
 
 SCRIPT = Path(sys.executable).parent / "spatial-dropout"

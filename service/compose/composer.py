@@ -13,7 +13,8 @@ from service.compose import record, surgery, validate
 from service.core import rng
 from service.layers.resolve import ResolvedSpec, dropout_config
 from service.layers.spec import Layer
-from service.onnx.export import GraphSpec, spec_dict
+from service.onnx.export import spec_dict
+from service.onnx.graph import GraphSpec
 
 _U64: Final = 1 << 64
 

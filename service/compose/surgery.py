@@ -1,6 +1,6 @@
 """Insert a layer after a tensor of a model's main graph: the export's graph, renamed in.
 
-For each insertion point T the layer's nodes are the ones ``service.onnx.export`` builds for a
+For each insertion point T the layer's nodes are the ones ``service.onnx.graph`` builds for a
 layer model (``Shape``, the mask shape, and the ``If`` on ``training_mode`` whose training
 branch runs Dropout with ``seed = mix_seed(seed + i)``), with every name they define given a
 prefix unique in the whole model (``spatial_dropout_<k>/``), their ``X`` read from the model,
@@ -39,7 +39,7 @@ from service.errors import (
     UnknownTensor,
     UnsupportedOnnxDtype,
 )
-from service.onnx.export import ONNX_DTYPES, REFUSED_DTYPES, GraphSpec, build_model
+from service.onnx.graph import ONNX_DTYPES, REFUSED_DTYPES, GraphSpec, build_model
 
 #: The graph input every inserted layer reads (the export's name for it).
 TRAINING_MODE: Final = "training_mode"

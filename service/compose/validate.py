@@ -20,7 +20,7 @@ from onnx import AttributeProto, GraphProto, TensorProto
 
 from service.compose.wire import count_nodes
 from service.errors import ExternalData, InvalidModel, ModelOpsetUnsupported
-from service.onnx.export import supported_opsets
+from service.onnx.opsets import supported_opsets
 
 #: The domain names of the default operator set.
 DEFAULT_DOMAINS: Final = frozenset({"", "ai.onnx"})

@@ -158,6 +158,30 @@ def uniforms(stream_seed: int, first: int, count: int) -> NDArray[np.float32]:
     return u
 
 
+@lru_cache(maxsize=256)
+def keep_threshold(rate: float) -> int:
+    """The least draw value that keeps its element at ``rate``: draw x keeps iff x >= this.
+
+    ``uniforms`` is non-decreasing in the draw, so ``u >= float32(rate)`` is a threshold on
+    x, found by bisection over ``[1, MODULUS - 1]``; MODULUS when no draw keeps (the float32
+    rate is 1). An ONNX graph compares integers with it and needs no float operation.
+    """
+    threshold = np.float32(rate)
+
+    def keeps(x: int) -> bool:
+        u = min(np.float32(x - 1) / _RANGE, _BELOW_ONE)
+        return bool(u >= threshold)
+
+    low, high = 1, MODULUS  # keeps(high) is taken as true: the answer is in [low, high]
+    while low < high:
+        middle = (low + high) // 2
+        if keeps(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
 def keep_mask(stream_seed: int, first: int, count: int, rate: float) -> NDArray[np.bool_]:
     """Which of those draws keep their element: ``u >= float32(rate)``, as onnxruntime decides.
 

@@ -1,7 +1,7 @@
 """The onnxruntime engine: run a layer through its exported graph, as /apply's numpy kernel does.
 
 Same contract as ``service.core.kernel.apply`` (same errors, same output and mask bit for
-bit), computed by onnxruntime from the model ``service.onnx.export`` builds.
+bit), computed by onnxruntime from the model ``service.onnx.graph`` builds.
 
 Why a training call gets a fresh session: onnxruntime's Dropout seeds its generator from the
 node's ``seed`` attribute when the session is created, and every training run advances it by
@@ -37,13 +37,8 @@ from service.core import kernel, rng
 from service.core.config import DropoutConfig
 from service.core.dtypes import dtype_name
 from service.errors import UnsupportedDtype, UnsupportedOnnxDtype
-from service.onnx.export import (
-    DEFAULT_OPSET,
-    ONNX_DTYPES,
-    REFUSED_DTYPES,
-    GraphSpec,
-    build_model,
-)
+from service.onnx.graph import ONNX_DTYPES, REFUSED_DTYPES, GraphSpec, build_model
+from service.onnx.opsets import DEFAULT_OPSET
 
 _PROVIDERS: Final = ["CPUExecutionProvider"]
 K = TypeVar("K")

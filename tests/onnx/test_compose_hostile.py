@@ -30,7 +30,7 @@ from service.errors import (
     UnknownTensor,
     UnsupportedOnnxDtype,
 )
-from service.onnx.export import supported_opsets
+from service.onnx.opsets import supported_opsets
 from tests.onnx.torch_models import spec
 
 SD2D = spec()

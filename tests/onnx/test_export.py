@@ -25,15 +25,9 @@ from service.core.config import DataFormat, DropoutConfig, Kind
 from service.errors import RequestValidation, SeedRequired, UnsupportedOnnxDtype, UnsupportedOpset
 from service.layers.resolve import ResolvedSpec
 from service.layers.spec import Layer
-from service.onnx.export import (
-    DEFAULT_OPSET,
-    MIN_OPSET,
-    ONNX_DTYPES,
-    GraphSpec,
-    build_model,
-    export_layer,
-    supported_opsets,
-)
+from service.onnx.export import export_layer
+from service.onnx.graph import ONNX_DTYPES, GraphSpec, build_model
+from service.onnx.opsets import DEFAULT_OPSET, MIN_OPSET, supported_opsets
 from service.store import open_store
 from tests.structures import CF, CL
 from tests.structures import STRUCTURES as SHARED_STRUCTURES

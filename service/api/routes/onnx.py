@@ -13,14 +13,9 @@ from service.api.deps import StoreDep
 from service.api.docs import problems
 from service.api.negotiation import check_acceptable
 from service.core.bounds import MAX_RANK
-from service.onnx.export import (
-    DEFAULT_DTYPE,
-    DEFAULT_OPSET,
-    MIN_OPSET,
-    ONNX_DTYPES,
-    export_layer,
-    export_seed,
-)
+from service.onnx.export import DEFAULT_DTYPE, export_layer, export_seed
+from service.onnx.graph import ONNX_DTYPES
+from service.onnx.opsets import DEFAULT_OPSET, MIN_OPSET
 from service.params import FROM_TEXT, Opset, Seed, TensorDtype
 
 ONNX_MEDIA_TYPE: Final = "application/octet-stream"

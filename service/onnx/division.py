@@ -1,0 +1,227 @@
+"""``x / keep`` correctly rounded on runtimes whose Div is not IEEE division.
+
+onnxruntime, ``onnx.reference`` and onnxruntime-web divide as IEEE 754 does. OpenVINO's CPU
+plugin and tract compute ``x * (1 / keep)``, which differs from ``x / keep`` in the last bit
+for about one float32 in ten. The kernel's answer is the IEEE quotient, so a portable graph
+asks its runtime once per run: it divides a few probe values for which ``x * (1/keep)`` is
+wrong (found at export, mixed with one element of X so that no loader can fold them) and
+takes the runtime's Div if the probes come out right, else the division below. On the
+runtimes that divide exactly the cost is one Div, as in the Dropout form.
+
+The division without Div, for a finite non-zero x (its sign and the scale come off first):
+
+1. Scale: ``a = |x| * 2**s`` with s chosen so that every step below is exact (no overflow,
+   no product below the subnormal grid); the quotient is scaled back at the end, which is
+   exact, overflows to inf exactly where IEEE division does, and where the quotient is
+   subnormal the candidates below are already on its grid.
+2. A candidate ``c = a * r`` (r = the nearest float to 1/keep) is within two units in the
+   last place of ``a / keep``, so the correctly rounded quotient is c, its successor or its
+   predecessor (on the subnormal grid: c rounded to it, and its two neighbours there).
+3. Which one: ``a / keep`` lies above the midpoint ``c + g/2`` iff ``a - (c + g/2) keep`` is
+   positive, evaluated exactly: ``c * keep = p + e`` (Dekker's product over a Veltkamp
+   split), ``a - p`` is exact (Sterbenz), ``(g/2) keep`` is exact, and the sign of the sum of
+   those three terms comes from two error-free sums (TwoSum) whose tails are small enough
+   to add exactly. The quotient is never a midpoint (keep's odd significand divides no power
+   of two), so there are no ties.
+
+Zero, inf and NaN are their own quotients. float16 divides in float32 (as
+the kernel does): one rounding after an exact widening.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+from numpy.typing import NDArray
+from onnx import TensorProto, helper
+
+from service.onnx.builder import GraphBuilder
+
+
+@dataclass(frozen=True, slots=True)
+class Format:
+    """What the division needs to know of a binary floating-point format."""
+
+    dtype: type[np.floating[Any]]
+    precision: int  # significand bits, the hidden one included
+    shift: int  # the scale applied to values outside [2**low, 2**high]
+    low: int
+    high: int
+    subnormal_exponent: int  # the subnormal grid is 2**this
+    normal_exponent: int  # the smallest normal is 2**this
+
+
+FORMATS: Final[dict[str, Format]] = {
+    # float32: keep >= 2**-26 (the mask's float32 rate is below 1), so with |x| scaled into
+    # [2**-76, 2**64] every product of the exact steps is above 2**-149 and no split overflows.
+    "float32": Format(np.float32, 24, 80, -60, 64, -149, -126),
+    "float64": Format(np.float64, 53, 600, -900, 900, -1074, -1022),
+}
+
+
+def probes(keep: np.floating[Any], count: int = 4) -> NDArray[Any] | None:
+    """Up to ``count`` values x in [1, 2) for which ``x * (1/keep)`` is not ``x / keep``;
+    None when there are none (keep a power of two: both are exact)."""
+    dtype = keep.dtype
+    recip = dtype.type(1) / keep
+    one = np.array(1, dtype=dtype)
+    # Significands from a fixed, spread walk: the same keep always gets the same probes.
+    steps = np.arange(1 << 16, dtype=np.int64) * 40503 % (1 << 16)
+    x = one + steps.astype(dtype) * np.ldexp(one, -16)
+    wrong = x[x * recip != x / keep]
+    if not wrong.size:
+        x = np.nextafter(x, dtype.type(2))  # other significands, if the walk found none
+        wrong = x[x * recip != x / keep]
+    return wrong[:count] if wrong.size else None
+
+
+def quotient(g: GraphBuilder, x: str, keep: np.floating[Any], reference: str) -> str:
+    """``x / keep`` correctly rounded on every runtime; ``reference`` is a value of the
+    graph computed at run time (X, any shape) that keeps the probe from being folded."""
+    dtype = keep.dtype
+    if probes(keep) is None:
+        return g.op("Div", x, g.const(np.array(keep, dtype=dtype)))
+    exact = _divides_exactly(g, keep, reference)
+    by_div = helper.make_graph(
+        [helper.make_node("Div", [x, g.scalar(keep, dtype)], [f"{g.stem}_q_div"])],
+        f"{g.stem}_div",
+        [],
+        [helper.make_tensor_value_info(f"{g.stem}_q_div", _elem(dtype), None)],
+    )
+    inner = GraphBuilder(f"{g.stem}_exact")
+    result = corrected(inner, x, keep)
+    by_steps = helper.make_graph(
+        inner.nodes,
+        f"{g.stem}_steps",
+        [],
+        [helper.make_tensor_value_info(result, _elem(dtype), None)],
+        initializer=inner.initializers,
+    )
+    return g.op("If", exact, then_branch=by_div, else_branch=by_steps)
+
+
+def _elem(dtype: np.dtype[Any]) -> int:
+    return TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
+
+
+def _divides_exactly(g: GraphBuilder, keep: np.floating[Any], reference: str) -> str:
+    """A bool scalar: does this runtime's Div give the IEEE quotient of the probes?"""
+    dtype = keep.dtype
+    found = probes(keep)
+    assert found is not None
+    flat = g.op("Reshape", reference, g.const(np.array([-1], np.int64)))
+    first = g.op(
+        "Slice",
+        flat,
+        g.const(np.array([0], np.int64)),
+        g.const(np.array([1], np.int64)),
+        g.const(np.array([0], np.int64)),
+    )
+    mixed = g.op("Concat", g.const(found), first, axis=0)
+    divided = g.op("Div", mixed, g.scalar(keep, dtype))
+    head = g.op(
+        "Slice",
+        divided,
+        g.const(np.array([0], np.int64)),
+        g.const(np.array([len(found)], np.int64)),
+        g.const(np.array([0], np.int64)),
+    )
+    right = g.op("Cast", g.op("Equal", head, g.const(found / keep)), to=TensorProto.INT32)
+    return g.op("Equal", g.op("ReduceMin", right, keepdims=0), g.scalar(1, np.int32))
+
+
+def corrected(g: GraphBuilder, x: str, keep: np.floating[Any]) -> str:
+    """The nodes of the division without Div (see the module doc); its output's name."""
+    dtype = keep.dtype
+    fmt = FORMATS[dtype.name]
+
+    def c(value: float | np.generic) -> str:
+        return g.scalar(value, dtype)
+
+    p = fmt.precision
+    recip = dtype.type(1) / keep
+    magnitude = g.op("Abs", x)
+    big = g.op("Greater", magnitude, c(2.0**fmt.high))
+    small = g.op("Less", magnitude, c(2.0**fmt.low))
+    scale = g.where(big, c(2.0**-fmt.shift), g.where(small, c(2.0**fmt.shift), c(1.0)))
+    unscale = g.where(big, c(2.0**fmt.shift), g.where(small, c(2.0**-fmt.shift), c(1.0)))
+    a = g.mul(magnitude, scale)
+    guess = g.mul(a, c(recip))
+
+    # On the subnormal grid of the unscaled quotient (a multiple of 2**grid, here scaled),
+    # the candidate is the guess rounded to it; elsewhere the guess itself.
+    grid = fmt.subnormal_exponent + fmt.shift
+    on_grid = g.op("And", small, g.op("Less", guess, c(2.0 ** (fmt.normal_exponent + fmt.shift))))
+    rounded = g.mul(g.op("Round", g.mul(guess, c(2.0**-grid))), c(2.0**grid))
+    cand = g.where(on_grid, rounded, guess)
+    # The gaps to the neighbours: |c| * 0.75 ulp-factor rounds up to the successor and
+    # 0.625 down to the predecessor, in any binade (2**e included, where the gap below halves).
+    up = g.sub(g.add(cand, g.mul(cand, c(3.0 * 2.0 ** -(p + 1)))), cand)
+    down = g.sub(cand, g.sub(cand, g.mul(cand, c(5.0 * 2.0 ** -(p + 2)))))
+    grid_gap = c(2.0**grid)
+    up = g.where(on_grid, grid_gap, up)
+    down = g.where(on_grid, grid_gap, down)
+
+    product, error = _two_product(g, cand, keep, fmt)
+    rest = g.sub(a, product)  # exact: product is within a factor 2 of a
+    half_keep = c(keep / 2)
+    zero = c(0.0)
+    above = _sign_positive(g, rest, error, g.mul(up, half_keep), zero)
+    below = _sign_positive(g, g.op("Neg", rest), g.op("Neg", error), g.mul(down, half_keep), zero)
+    chosen = g.where(above, g.add(cand, up), g.where(below, g.sub(cand, down), cand))
+    unscaled = g.mul(chosen, unscale)
+    signed = g.where(g.op("Less", x, zero), g.op("Neg", unscaled), unscaled)
+
+    finite = g.op(
+        "And",
+        g.op("Greater", magnitude, zero),
+        g.op("LessOrEqual", magnitude, c(float(np.finfo(dtype).max))),
+    )
+    # Zeros, infinities and NaN are their own quotients. x is Where's second input, so a -0.0
+    # stays negative (onnxruntime's CPU Where loses the sign of a zero in its first), and it
+    # is x itself, not x * r: OpenVINO turns a product with a constant into x * r + 0.
+    return g.where(finite, signed, x)
+
+
+def _two_product(
+    g: GraphBuilder, cand: str, keep: np.floating[Any], fmt: Format
+) -> tuple[str, str]:
+    """``cand * keep = product + error`` exactly (Dekker), keep's split made at export."""
+    dtype = keep.dtype
+    splitter = dtype.type(2 ** ((fmt.precision + 1) // 2) + 1)
+    keep_high = dtype.type(splitter * keep - (splitter * keep - keep))
+    keep_low = dtype.type(keep - keep_high)
+    scaled = g.mul(cand, g.scalar(splitter, dtype))
+    high = g.sub(scaled, g.sub(scaled, cand))
+    low = g.sub(cand, high)
+    product = g.mul(cand, g.scalar(keep, dtype))
+    kh, kl = g.scalar(keep_high, dtype), g.scalar(keep_low, dtype)
+    error = g.sub(g.mul(high, kh), product)
+    error = g.add(error, g.mul(high, kl))
+    error = g.add(error, g.mul(low, kh))
+    error = g.add(error, g.mul(low, kl))
+    return product, error
+
+
+def _two_sum(g: GraphBuilder, a: str, b: str) -> tuple[str, str]:
+    """``a + b = total + tail`` exactly (Knuth's TwoSum: no order of magnitudes assumed)."""
+    total = g.add(a, b)
+    b_part = g.sub(total, a)
+    a_part = g.sub(total, b_part)
+    tail = g.add(g.sub(a, a_part), g.sub(b, b_part))
+    return total, tail
+
+
+def _sign_positive(g: GraphBuilder, rest: str, error: str, half_gap: str, zero: str) -> str:
+    """``rest - error - half_gap > 0``, decided exactly.
+
+    All three terms are multiples of one unit u (ulp(c) ulp(keep) / 2) below 2**(p+2) u, so
+    both TwoSum tails are at most 4u and their sum is exact; the last addition then rounds a
+    sum of two exact terms, which keeps its sign.
+    """
+    first, tail1 = _two_sum(g, rest, g.op("Neg", error))
+    second, tail2 = _two_sum(g, first, g.op("Neg", half_gap))
+    total = g.add(second, g.add(tail1, tail2))
+    return g.op("Greater", total, zero)
