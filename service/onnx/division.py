@@ -62,8 +62,8 @@ FORMATS: Final[dict[str, Format]] = {
 
 
 def probes(keep: np.floating[Any], count: int = 4) -> NDArray[Any] | None:
-    """Up to ``count`` values x in [1, 2) for which ``x * (1/keep)`` is not ``x / keep``;
-    None when there are none (keep a power of two: both are exact)."""
+    """Up to ``count`` values x in [1, 2) for which ``x * (1/keep)`` is not ``x / keep``
+    (found among 2**17 significands); None when none is."""
     dtype = keep.dtype
     recip = dtype.type(1) / keep
     one = np.array(1, dtype=dtype)
@@ -81,9 +81,12 @@ def quotient(g: GraphBuilder, x: str, keep: np.floating[Any], reference: str) ->
     """``x / keep`` correctly rounded on every runtime; ``reference`` is a value of the
     graph computed at run time (X, any shape) that keeps the probe from being folded."""
     dtype = keep.dtype
-    if probes(keep) is None:
-        return g.op("Div", x, g.const(np.array(keep, dtype=dtype)))
-    exact = _divides_exactly(g, keep, reference)
+    power_of_two = float(keep) == 2.0 ** (np.frexp(float(keep))[1] - 1)
+    # A one-element probe array of -0.0 alone would be a zero that tract's constant
+    # deduplication may take for the layer's +0.0: 1 keeps it two elements long.
+    found = np.ones(1, dtype) if power_of_two else probes(keep)
+    if found is None:  # no value tells the two divisions apart: always divide exactly
+        return corrected(g, x, keep)
     by_div = helper.make_graph(
         [helper.make_node("Div", [x, g.scalar(keep, dtype)], [f"{g.stem}_q_div"])],
         f"{g.stem}_div",
@@ -91,7 +94,9 @@ def quotient(g: GraphBuilder, x: str, keep: np.floating[Any], reference: str) ->
         [helper.make_tensor_value_info(f"{g.stem}_q_div", _elem(dtype), None)],
     )
     inner = GraphBuilder(f"{g.stem}_exact")
-    result = corrected(inner, x, keep)
+    # A power of two divides exactly either way, but a product with a constant may lose
+    # the sign of a zero (OpenVINO's x * c + 0): zeros are their own quotients.
+    result = _signed_zeros_kept(inner, x, keep) if power_of_two else corrected(inner, x, keep)
     by_steps = helper.make_graph(
         inner.nodes,
         f"{g.stem}_steps",
@@ -99,36 +104,41 @@ def quotient(g: GraphBuilder, x: str, keep: np.floating[Any], reference: str) ->
         [helper.make_tensor_value_info(result, _elem(dtype), None)],
         initializer=inner.initializers,
     )
+    exact = divides_exactly(g, found, keep, reference)
     return g.op("If", exact, then_branch=by_div, else_branch=by_steps)
+
+
+def _signed_zeros_kept(g: GraphBuilder, x: str, keep: np.floating[Any]) -> str:
+    dtype = keep.dtype
+    nonzero = g.op("Greater", g.op("Abs", x), g.scalar(0.0, dtype))
+    return g.where(nonzero, g.op("Div", x, g.scalar(keep, dtype)), x)
 
 
 def _elem(dtype: np.dtype[Any]) -> int:
     return TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
 
 
-def _divides_exactly(g: GraphBuilder, keep: np.floating[Any], reference: str) -> str:
-    """A bool scalar: does this runtime's Div give the IEEE quotient of the probes?"""
+def divides_exactly(
+    g: GraphBuilder, found: NDArray[Any], keep: np.floating[Any], reference: str
+) -> str:
+    """A bool scalar: does this runtime's Div give the IEEE quotients of the probes, and
+    -0.0 for -0.0 (1 / q is then -inf)?"""
     dtype = keep.dtype
-    found = probes(keep)
-    assert found is not None
     flat = g.op("Reshape", reference, g.const(np.array([-1], np.int64)))
-    first = g.op(
-        "Slice",
-        flat,
-        g.const(np.array([0], np.int64)),
-        g.const(np.array([1], np.int64)),
-        g.const(np.array([0], np.int64)),
+    start, axis = g.const(np.array([0], np.int64)), g.const(np.array([0], np.int64))
+    first = g.op("Slice", flat, start, g.const(np.array([1], np.int64)), axis)
+    probe = np.append(found, dtype.type(-0.0))
+    divided = g.op("Div", g.op("Concat", g.const(probe), first, axis=0), g.scalar(keep, dtype))
+    head = g.op("Slice", divided, start, g.const(np.array([len(probe)], np.int64)), axis)
+    inverse = g.op("Div", g.scalar(1.0, dtype), head)  # -inf for the -0.0 probe only
+    with np.errstate(divide="ignore"):
+        expected = np.append(found / keep, dtype.type(1) / dtype.type(-0.0))
+    wanted = g.op(
+        "Equal",
+        g.op("Where", g.const(np.append(np.ones(len(found), bool), False)), head, inverse),
+        g.const(expected),
     )
-    mixed = g.op("Concat", g.const(found), first, axis=0)
-    divided = g.op("Div", mixed, g.scalar(keep, dtype))
-    head = g.op(
-        "Slice",
-        divided,
-        g.const(np.array([0], np.int64)),
-        g.const(np.array([len(found)], np.int64)),
-        g.const(np.array([0], np.int64)),
-    )
-    right = g.op("Cast", g.op("Equal", head, g.const(found / keep)), to=TensorProto.INT32)
+    right = g.op("Cast", wanted, to=TensorProto.INT32)
     return g.op("Equal", g.op("ReduceMin", right, keepdims=0), g.scalar(1, np.int32))
 
 
@@ -145,17 +155,35 @@ def corrected(g: GraphBuilder, x: str, keep: np.floating[Any]) -> str:
     magnitude = g.op("Abs", x)
     big = g.op("Greater", magnitude, c(2.0**fmt.high))
     small = g.op("Less", magnitude, c(2.0**fmt.low))
-    scale = g.where(big, c(2.0**-fmt.shift), g.where(small, c(2.0**fmt.shift), c(1.0)))
+
+    def scaled(factor: float) -> str:  # |x| * 2**s * factor, exact
+        return g.mul(
+            magnitude,
+            g.where(
+                big,
+                c(factor * 2.0**-fmt.shift),
+                g.where(small, c(factor * 2.0**fmt.shift), c(factor)),
+            ),
+        )
+
+    # No Mul by a constant near 1 (1/keep and keep are, at small rates): onnxruntime and
+    # tract drop a Mul by a constant within float32's epsilon of 1, and tract merges a chain
+    # of Muls by constants. So a product with 1/keep or keep is taken of twice (four times)
+    # the scaled |x|, with the constant halved: the same rounding, and the doubling is in a
+    # Where's constants, which no loader folds into the Mul.
+    a, a2, a4 = scaled(1.0), scaled(2.0), scaled(4.0)
     unscale = g.where(big, c(2.0**fmt.shift), g.where(small, c(2.0**-fmt.shift), c(1.0)))
-    a = g.mul(magnitude, scale)
-    guess = g.mul(a, c(recip))
+    half_recip = c(recip / 2)
+    guess, guess2 = g.mul(a2, half_recip), g.mul(a4, half_recip)  # a / keep; twice it
 
     # On the subnormal grid of the unscaled quotient (a multiple of 2**grid, here scaled),
     # the candidate is the guess rounded to it; elsewhere the guess itself.
     grid = fmt.subnormal_exponent + fmt.shift
-    on_grid = g.op("And", small, g.op("Less", guess, c(2.0 ** (fmt.normal_exponent + fmt.shift))))
-    rounded = g.mul(g.op("Round", g.mul(guess, c(2.0**-grid))), c(2.0**grid))
-    cand = g.where(on_grid, rounded, guess)
+    smallest_normal = c(2.0 ** (fmt.normal_exponent + fmt.shift))
+    on_grid = g.op("And", small, g.op("LessOrEqual", guess, smallest_normal))
+    steps = g.op("Round", g.mul(guess, c(2.0**-grid)))
+    cand = g.where(on_grid, g.mul(steps, c(2.0**grid)), guess)
+    cand2 = g.where(on_grid, g.mul(steps, c(2.0 ** (grid + 1))), guess2)
     # The gaps to the neighbours: |c| * 0.75 ulp-factor rounds up to the successor and
     # 0.625 down to the predecessor, in any binade (2**e included, where the gap below halves).
     up = g.sub(g.add(cand, g.mul(cand, c(3.0 * 2.0 ** -(p + 1)))), cand)
@@ -164,7 +192,7 @@ def corrected(g: GraphBuilder, x: str, keep: np.floating[Any]) -> str:
     up = g.where(on_grid, grid_gap, up)
     down = g.where(on_grid, grid_gap, down)
 
-    product, error = _two_product(g, cand, keep, fmt)
+    product, error = _two_product(g, cand2, dtype.type(keep / 2), fmt)  # cand * keep
     rest = g.sub(a, product)  # exact: product is within a factor 2 of a
     half_keep = c(keep / 2)
     zero = c(0.0)
@@ -188,7 +216,8 @@ def corrected(g: GraphBuilder, x: str, keep: np.floating[Any]) -> str:
 def _two_product(
     g: GraphBuilder, cand: str, keep: np.floating[Any], fmt: Format
 ) -> tuple[str, str]:
-    """``cand * keep = product + error`` exactly (Dekker), keep's split made at export."""
+    """``cand * keep = product + error`` exactly (Dekker), keep's split made at export
+    (``keep`` here is at most 1/2, never near 1)."""
     dtype = keep.dtype
     splitter = dtype.type(2 ** ((fmt.precision + 1) // 2) + 1)
     keep_high = dtype.type(splitter * keep - (splitter * keep - keep))

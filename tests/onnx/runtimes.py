@@ -1,14 +1,16 @@
-"""The five ONNX runtimes a portable graph is checked on, each behind one ``run`` call.
+"""The five ONNX runtimes a portable graph is checked on, each behind one ``load`` call.
 
 onnxruntime (CPU), ``onnx.reference``, OpenVINO (CPU, float32 precision hint: its plugin may
-otherwise compute float32 in bf16), tract, and onnxruntime-web's WebAssembly build in Node
-(``tests/onnx/web``, installed by ``make test`` from its lock file). Each takes a serialized
-model and its feeds and answers the graph's outputs in order, as numpy arrays.
+otherwise compute float32 in bf16), tract (with the feeds' concrete shapes, as it is used:
+it folds what it can), and onnxruntime-web's WebAssembly build in Node (``tests/onnx/web``,
+installed by ``make test`` from its lock file). ``load(model)`` opens a session once;
+calling it with feeds answers the graph's outputs in order, as numpy arrays.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import shutil
 import subprocess
@@ -23,12 +25,13 @@ import onnx
 from numpy.typing import NDArray
 
 Feeds = Mapping[str, NDArray[Any]]
-Runner = Callable[[bytes, Feeds], list[NDArray[Any]]]
+Session = Callable[[Feeds], list[NDArray[Any]]]
+Loader = Callable[[bytes], Session]
 
 WEB_DIR = Path(__file__).parent / "web"
 
 
-def onnxruntime(model: bytes, feeds: Feeds) -> list[NDArray[Any]]:
+def onnxruntime(model: bytes) -> Session:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -36,41 +39,56 @@ def onnxruntime(model: bytes, feeds: Feeds) -> list[NDArray[Any]]:
     options.log_severity_level = 3
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    return list(session.run(None, dict(feeds)))
+    return lambda feeds: list(session.run(None, dict(feeds)))
 
 
-def reference(model: bytes, feeds: Feeds) -> list[NDArray[Any]]:
+def reference(model: bytes) -> Session:
     from onnx.reference import ReferenceEvaluator
 
-    return [
-        np.asarray(out)
-        for out in ReferenceEvaluator(onnx.load_from_string(model)).run(None, dict(feeds))
-    ]
+    evaluator = ReferenceEvaluator(onnx.load_from_string(model))
+
+    def run(feeds: Feeds) -> list[NDArray[Any]]:
+        with np.errstate(all="ignore"):  # numpy's overflow to inf is the IEEE answer here
+            return [np.asarray(out) for out in evaluator.run(None, dict(feeds))]
+
+    return run
 
 
-def openvino(model: bytes, feeds: Feeds) -> list[NDArray[Any]]:
+def openvino(model: bytes) -> Session:
     import openvino as ov
 
     core = ov.Core()
     compiled = core.compile_model(
         core.read_model(model, b""), "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
     )
-    results = compiled(dict(feeds))
-    return [np.asarray(results[output]) for output in compiled.outputs]
+
+    def run(feeds: Feeds) -> list[NDArray[Any]]:
+        results = compiled(dict(feeds))
+        return [np.asarray(results[output]) for output in compiled.outputs]
+
+    return run
 
 
-def tract(model: bytes, feeds: Feeds) -> list[NDArray[Any]]:
+def tract(model: bytes) -> Session:
     import tract as tr
 
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "model.onnx"
-        path.write_bytes(model)
-        loaded = tr.onnx().load(str(path))
-    names = [loaded.input_name(i) for i in range(loaded.input_count())]
-    for i, name in enumerate(names):  # concrete shapes, as tract is used: it folds what it can
-        loaded.set_input_fact(i, _tract_fact(feeds[name]))
-    runnable = loaded.into_model().into_runnable()
-    return [out.to_numpy() for out in runnable.run([feeds[name] for name in names])]
+    runnables: dict[tuple[Any, ...], Any] = {}
+
+    def run(feeds: Feeds) -> list[NDArray[Any]]:
+        key = tuple((name, a.shape, a.dtype.str) for name, a in feeds.items())
+        if key not in runnables:
+            with tempfile.TemporaryDirectory() as folder:
+                path = Path(folder) / "model.onnx"
+                path.write_bytes(model)
+                loaded = tr.onnx().load(str(path))
+            names = [loaded.input_name(i) for i in range(loaded.input_count())]
+            for i, name in enumerate(names):
+                loaded.set_input_fact(i, _tract_fact(feeds[name]))
+            runnables[key] = (names, loaded.into_model().into_runnable())
+        names, runnable = runnables[key]
+        return [out.to_numpy() for out in runnable.run([feeds[name] for name in names])]
+
+    return run
 
 
 def _tract_fact(array: NDArray[Any]) -> str:
@@ -79,7 +97,8 @@ def _tract_fact(array: NDArray[Any]) -> str:
 
 
 class WebRunner:
-    """A Node process running ``tests/onnx/web/run.mjs``: onnxruntime-web, one model at a time."""
+    """A Node process running ``tests/onnx/web/run.mjs``: onnxruntime-web, which keeps the
+    session of the last model it ran."""
 
     def __init__(self) -> None:
         node = shutil.which("node")
@@ -96,19 +115,20 @@ class WebRunner:
             text=True,
         )
         self._lock = threading.Lock()
-        self._count = 0
 
-    def __call__(self, model: bytes, feeds: Feeds) -> list[NDArray[Any]]:
-        with self._lock:
-            self._count += 1
-            path = Path(self._folder.name) / f"model{self._count}.onnx"
+    def __call__(self, model: bytes) -> Session:
+        path = Path(self._folder.name) / f"{hashlib.sha256(model).hexdigest()}.onnx"
+        if not path.exists():
             path.write_bytes(model)
-            request = {"model": str(path), "feeds": {k: _encode(v) for k, v in feeds.items()}}
+        return lambda feeds: self._run(path, feeds)
+
+    def _run(self, path: Path, feeds: Feeds) -> list[NDArray[Any]]:
+        request = {"model": str(path), "feeds": {k: _encode(v) for k, v in feeds.items()}}
+        with self._lock:
             assert self._process.stdin is not None and self._process.stdout is not None
             self._process.stdin.write(json.dumps(request) + "\n")
             self._process.stdin.flush()
             answer = json.loads(self._process.stdout.readline())
-            path.unlink()
         if "error" in answer:
             raise RuntimeError(f"onnxruntime-web: {answer['error']}")
         return [_decode(out) for out in answer["outputs"]]
@@ -117,10 +137,9 @@ class WebRunner:
         if self._process.stdin is not None:
             self._process.stdin.close()
         self._process.wait(timeout=30)
+        if self._process.stdout is not None:
+            self._process.stdout.close()
         self._folder.cleanup()
-
-
-_WEB_DTYPES = {"float16": np.uint16}  # onnxruntime-web holds float16 tensors as their bits
 
 
 def _encode(array: NDArray[Any]) -> dict[str, Any]:
@@ -147,7 +166,7 @@ def web_runner() -> Iterator[WebRunner]:
         runner.close()
 
 
-PYTHON_RUNTIMES: dict[str, Runner] = {
+PYTHON_RUNTIMES: dict[str, Loader] = {
     "onnxruntime": onnxruntime,
     "onnx.reference": reference,
     "openvino": openvino,
