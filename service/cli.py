@@ -16,7 +16,7 @@ from service.errors import ServiceError
 from service.onnx.export import DEFAULT_DTYPE
 from service.onnx.graph import ONNX_DTYPES
 from service.onnx.opsets import DEFAULT_OPSET, MIN_OPSET
-from service.params import Opset, Seed, cli_type
+from service.params import DEFAULT_MASK, MASK_FORMS, MaskForm, Opset, Seed, cli_type
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -100,9 +100,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         return _serve(args.host, args.port, args.workers, args.grpc_port)
     if args.command == "export":
-        return _export(args.layer, args.output, args.opset, args.seed, args.dtype, args.rank)
+        return _export(
+            args.layer, args.output, args.opset, args.seed, args.dtype, args.rank, args.mask
+        )
     if args.command == "compose":
-        return _compose(args.model, args.layer, args.output, args.after, args.seed)
+        return _compose(args.model, args.layer, args.output, args.after, args.seed, args.mask)
     return _openapi(args.output, args.check)
 
 
@@ -120,6 +122,14 @@ def _layer_arguments(command: argparse.ArgumentParser, seed: str) -> None:
     )
     command.add_argument("--output", "-o", type=Path, required=True, help="the .onnx file to write")
     command.add_argument("--seed", type=cli_type(Seed, "a seed"), help=seed)
+    command.add_argument(
+        "--mask",
+        choices=MASK_FORMS,
+        default=DEFAULT_MASK,
+        help="dropout: the Dropout operator (exact with /apply on onnxruntime's CPU build on "
+        "Linux); portable: the stream computed in the graph, exact on any ONNX runtime, "
+        "training_mode a plain input (default: %(default)s)",
+    )
 
 
 def _settings_in_force() -> Settings:
@@ -151,14 +161,20 @@ def _serve(host: str | None, port: int | None, workers: int | None, grpc_port: i
 
 
 def _export(
-    ref: str, output: Path, opset: int, seed: int | None, dtype: str, rank: int | None
+    ref: str,
+    output: Path,
+    opset: int,
+    seed: int | None,
+    dtype: str,
+    rank: int | None,
+    mask: MaskForm,
 ) -> int:
     from service.onnx.export import export_layer, export_seed
 
     settings = Settings()
     try:
         layer = _spec_file(Path(ref), settings) if Path(ref).is_file() else _stored(ref, settings)
-        model = export_layer(layer, seed=seed, opset=opset, dtype=dtype, rank=rank)
+        model = export_layer(layer, seed=seed, opset=opset, dtype=dtype, rank=rank, mask=mask)
         output.write_bytes(model.SerializeToString())
     except (ServiceError, _CommandError) as exc:
         print(f"spatial-dropout export: {exc.detail} ({exc.code})", file=sys.stderr)
@@ -166,11 +182,14 @@ def _export(
     except OSError as exc:
         print(f"spatial-dropout export: {exc}", file=sys.stderr)
         return 1
-    print(f"wrote {output} (opset {opset}, {dtype}, seed {export_seed(layer, seed)})")
+    used = export_seed(layer, seed)
+    print(f"wrote {output} (opset {opset}, {dtype}, seed {used}, mask {mask})")
     return 0
 
 
-def _compose(model: Path, ref: str, output: Path, after: list[str], seed: int | None) -> int:
+def _compose(
+    model: Path, ref: str, output: Path, after: list[str], seed: int | None, mask: MaskForm
+) -> int:
     from service.compose import compose
     from service.dataplane import choose_seed
 
@@ -179,7 +198,12 @@ def _compose(model: Path, ref: str, output: Path, after: list[str], seed: int | 
         layer = _spec_file(Path(ref), settings) if Path(ref).is_file() else _stored(ref, settings)
         used = choose_seed(seed, layer.seed)
         composed = compose(
-            model.read_bytes(), layer, after=after, seed=used, max_nodes=settings.max_model_nodes
+            model.read_bytes(),
+            layer,
+            after=after,
+            seed=used,
+            max_nodes=settings.max_model_nodes,
+            mask=mask,
         )
         output.write_bytes(composed)
     except ServiceError as exc:
@@ -189,7 +213,7 @@ def _compose(model: Path, ref: str, output: Path, after: list[str], seed: int | 
         print(f"spatial-dropout compose: {exc}", file=sys.stderr)
         return 1
     points = ", ".join(after) if after else "the model's output"
-    print(f"wrote {output} (after {points}; seed {used})")
+    print(f"wrote {output} (after {points}; seed {used}; mask {mask})")
     return 0
 
 

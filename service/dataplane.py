@@ -42,7 +42,7 @@ from service.layers.spec import KerasLayerConfig, Layer, LayerCreate
 from service.models.repository import Repository
 from service.models.serving import ModelInfo, Runner, RunnerCache
 from service.onnx.engine import OnnxEngine
-from service.params import Engine
+from service.params import DEFAULT_MASK, Engine, MaskForm
 from service.settings import Settings
 from service.store import LayerStore, open_store
 from service.store.cache import CachingLayerStore
@@ -437,14 +437,26 @@ class DataPlane:
         return await run_in_threadpool(fn, *args)
 
     async def compose(
-        self, ref: str, model: bytes, *, after: Sequence[str], seed: int | None
+        self,
+        ref: str,
+        model: bytes,
+        *,
+        after: Sequence[str],
+        seed: int | None,
+        mask: MaskForm = DEFAULT_MASK,
     ) -> tuple[bytes, int]:
         """The stored layer ``ref`` inserted into ``model`` after each tensor of ``after``, and
         the seed used (the request's, else the layer's, else drawn); the work runs in a thread."""
         layer = await self.layer(ref)
         used = choose_seed(seed, layer.seed)
         composed = await run_in_threadpool(
-            compose, model, layer, after=after, seed=used, max_nodes=self.limits.max_model_nodes
+            compose,
+            model,
+            layer,
+            after=after,
+            seed=used,
+            max_nodes=self.limits.max_model_nodes,
+            mask=mask,
         )
         return composed, used
 

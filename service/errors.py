@@ -385,6 +385,17 @@ class InvalidTrainingMode(ServiceError):
         )
 
 
+class MixedMaskForms(ServiceError):
+    status, code, title = 422, "mixed_mask_forms", "The model's layers take another mask form"
+
+    def __init__(self, recorded: str, asked: str) -> None:
+        super().__init__(
+            f"The model already holds layers in the {recorded!r} mask form; a model's layers "
+            f"share one form (and one training_mode input), so this one cannot be {asked!r}. "
+            f"Compose with mask={recorded}, or compose the original model again."
+        )
+
+
 class UnknownTensor(ServiceError):
     status, code, title = 422, "unknown_tensor", "Unknown tensor"
 

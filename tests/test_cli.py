@@ -98,7 +98,7 @@ def test_export_offers_exactly_the_dtypes_it_exports(tmp_path: Path) -> None:
         out = tmp_path / f"sd-{dtype}.onnx"
         done = run("export", "sd.json", "-o", str(out), "--dtype", dtype, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
-        assert done.stdout == f"wrote {out} (opset 21, {dtype}, seed 7)\n"
+        assert done.stdout == f"wrote {out} (opset 21, {dtype}, seed 7, mask dropout)\n"
     refused = run("export", "sd.json", "-o", "x.onnx", "--dtype", "bfloat16", cwd=tmp_path)
     assert refused.returncode == 2
     assert "invalid choice: 'bfloat16'" in refused.stderr

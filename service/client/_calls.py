@@ -30,6 +30,9 @@ from service.client._core import (
 )
 
 Engine = Literal["numpy", "onnxruntime"]
+#: How an exported or composed layer draws its mask: the Dropout operator, or the stream
+#: computed in the graph (exact on any ONNX runtime).
+Mask = Literal["dropout", "portable"]
 
 
 class Layer(TypedDict):
@@ -152,13 +155,15 @@ def keras(ref: str) -> Call[dict[str, Any]]:
 
 
 def export_onnx(
-    ref: str, opset: int | None, seed: int | None, dtype: str | None, rank: int | None
+    ref: str,
+    opset: int | None,
+    seed: int | None,
+    dtype: str | None,
+    rank: int | None,
+    mask: Mask | None = None,
 ) -> Call[bytes]:
-    params = [
-        (key, str(value))
-        for key, value in (("opset", opset), ("seed", seed), ("dtype", dtype), ("rank", rank))
-        if value is not None
-    ]
+    given = (("opset", opset), ("seed", seed), ("dtype", dtype), ("rank", rank), ("mask", mask))
+    params = [(key, str(value)) for key, value in given if value is not None]
     return Call("GET", f"/layers/{segment(ref)}/onnx", content_of, params=params)
 
 
@@ -227,10 +232,14 @@ def _apply_json(
     return Call("POST", "/apply", parse, headers=headers, content=content)
 
 
-def compose(ref: str, model: bytes, after: Sequence[str], seed: int | None) -> Call[Composed]:
+def compose(
+    ref: str, model: bytes, after: Sequence[str], seed: int | None, mask: Mask | None = None
+) -> Call[Composed]:
     params = [("after", tensor) for tensor in after]
     if seed is not None:
         params.append(("seed", str(seed)))
+    if mask is not None:
+        params.append(("mask", mask))
 
     def parse(response: httpx.Response) -> Composed:
         check(response)

@@ -23,6 +23,7 @@ from service.client._calls import (
     Inferred,
     Layer,
     LayerPage,
+    Mask,
     ModelInfo,
     ModelPage,
     Stored,
@@ -163,9 +164,11 @@ class Client:
         seed: int | None = None,
         dtype: str | None = None,
         rank: int | None = None,
+        mask: Mask | None = None,
     ) -> bytes:
-        """The layer as an ONNX model's bytes (``GET /layers/{ref}/onnx``)."""
-        return self.send(_calls.export_onnx(ref, opset, seed, dtype, rank))
+        """The layer as an ONNX model's bytes (``GET /layers/{ref}/onnx``); ``mask="portable"``
+        computes the mask in the graph, exact on any ONNX runtime."""
+        return self.send(_calls.export_onnx(ref, opset, seed, dtype, rank, mask))
 
     # -- apply and compose -----------------------------------------------------------------
 
@@ -195,11 +198,18 @@ class Client:
         )
 
     def compose(
-        self, layer: str, model: bytes, *, after: Sequence[str] = (), seed: int | None = None
+        self,
+        layer: str,
+        model: bytes,
+        *,
+        after: Sequence[str] = (),
+        seed: int | None = None,
+        mask: Mask | None = None,
     ) -> Composed:
         """Insert the layer into an ONNX model after each ``after`` tensor (none: after its
-        only output); the composed model's bytes and the seed of insertion 0."""
-        return self.send(_calls.compose(layer, model, after, seed))
+        only output); the composed model's bytes and the seed of insertion 0. ``mask``:
+        ``"portable"`` computes each mask in the graph (the server's default: ``"dropout"``)."""
+        return self.send(_calls.compose(layer, model, after, seed, mask))
 
     # -- models ----------------------------------------------------------------------------
 
@@ -345,9 +355,10 @@ class AsyncClient:
         seed: int | None = None,
         dtype: str | None = None,
         rank: int | None = None,
+        mask: Mask | None = None,
     ) -> bytes:
         """See ``Client.export_onnx``."""
-        return await self.send(_calls.export_onnx(ref, opset, seed, dtype, rank))
+        return await self.send(_calls.export_onnx(ref, opset, seed, dtype, rank, mask))
 
     async def apply(
         self,
@@ -374,10 +385,16 @@ class AsyncClient:
         )
 
     async def compose(
-        self, layer: str, model: bytes, *, after: Sequence[str] = (), seed: int | None = None
+        self,
+        layer: str,
+        model: bytes,
+        *,
+        after: Sequence[str] = (),
+        seed: int | None = None,
+        mask: Mask | None = None,
     ) -> Composed:
         """See ``Client.compose``."""
-        return await self.send(_calls.compose(layer, model, after, seed))
+        return await self.send(_calls.compose(layer, model, after, seed, mask))
 
     async def put_model(self, name: str, model: bytes) -> Stored:
         """See ``Client.put_model``."""

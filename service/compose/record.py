@@ -5,7 +5,9 @@ One key, ``spatial_dropout.layers``, holds a JSON object::
     {"version": 1,
      "layers": [{"index": 0, "tensor": "logits", "insertion": 0, "seed": 7,
                  "stream_seed": 1234567, "layer": {...the layer's spec...},
-                 "prefix": "spatial_dropout_0/", "dropout": "spatial_dropout_0/Dropout_3",
+                 "prefix": "spatial_dropout_0/", "mask": "dropout",
+                 "dropout": "spatial_dropout_0/Dropout_3",
+                 "mask_node": "spatial_dropout_0/Dropout_3",
                  "platform": {"runtime": "onnxruntime", "provider": "CPUExecutionProvider",
                               "operator": "Dropout", "os": "linux",
                               "engine": "libstdc++ std::default_random_engine (minstd_rand0)"}},
@@ -15,9 +17,13 @@ One key, ``spatial_dropout.layers``, holds a JSON object::
 its position: K = len(layers) is the number of inserted layers), ``tensor`` the tensor it
 follows, ``insertion`` its position i in the composing call's ``after`` (its ``seed`` is that
 call's seed + i, mod 2**64), ``stream_seed`` the Dropout's ``seed`` attribute
-(``rng.mix_seed(seed)``), ``dropout`` that node's name (null at rate 0 or 1, which draw
-nothing), ``prefix`` the start of every name the insertion added, and ``platform`` where the
-stream is bit-exact with ``/apply``. Composing again appends.
+(``rng.mix_seed(seed)``), ``mask`` the form its keep mask takes (``dropout``: the Dropout
+operator; ``portable``: the stream computed in the graph), ``dropout`` the Dropout node's name
+(null in the portable form, and at rate 0 or 1, which draw nothing), ``mask_node`` the node
+whose output is the keep mask in either form (null when nothing is drawn), ``prefix`` the start
+of every name the insertion added, and ``platform`` where the stream is bit-exact with
+``/apply``. Composing again appends; a record written before ``mask`` existed reads as the
+Dropout form.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import onnx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.errors import InvalidModel
+from service.params import MaskForm
 
 RECORD_KEY: Final = "spatial_dropout.layers"
 RECORD_VERSION: Final = 1
@@ -46,6 +53,12 @@ class Platform(BaseModel):
     engine: str = "libstdc++ std::default_random_engine (minstd_rand0)"
 
 
+#: Where a portable layer's mask is /apply's: anywhere its graph runs as ONNX specifies.
+PORTABLE: Final = Platform(
+    runtime="any", provider="any", operator="none", os="any", engine="minstd_rand0, in the graph"
+)
+
+
 class InsertedLayer(BaseModel):
     """One inserted layer, as the record keeps it."""
 
@@ -58,8 +71,16 @@ class InsertedLayer(BaseModel):
     stream_seed: int = Field(ge=1, lt=2**31 - 1)
     layer: dict[str, Any]
     prefix: str
+    mask: MaskForm = "dropout"
     dropout: str | None
+    mask_node: str | None = None
     platform: Platform = Field(default_factory=Platform)
+
+    @property
+    def drawing_node(self) -> str | None:
+        """The node whose output is the keep mask (records without ``mask_node`` name their
+        Dropout)."""
+        return self.mask_node or self.dropout
 
 
 class _Record(BaseModel):

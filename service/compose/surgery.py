@@ -39,10 +39,16 @@ from service.errors import (
     UnknownTensor,
     UnsupportedOnnxDtype,
 )
-from service.onnx.graph import ONNX_DTYPES, REFUSED_DTYPES, GraphSpec, build_model
+from service.onnx.graph import (
+    MASK_OUTPUT,
+    ONNX_DTYPES,
+    REFUSED_DTYPES,
+    TRAINING_MODE,
+    GraphSpec,
+    build_model,
+)
+from service.params import MaskForm
 
-#: The graph input every inserted layer reads (the export's name for it).
-TRAINING_MODE: Final = "training_mode"
 PREFIX: Final = "spatial_dropout_"
 
 _DTYPE_NAMES: Final = {elem: name for name, elem in ONNX_DTYPES.items()}
@@ -58,10 +64,12 @@ class TensorType:
 
 @dataclass(frozen=True, slots=True)
 class Inserted:
-    """What one insertion added: its name prefix and its Dropout node (None: no draws)."""
+    """What one insertion added: its name prefix, its Dropout node (None: the portable form,
+    or no draws) and the node whose output is its keep mask (None: no draws)."""
 
     prefix: str
     dropout: str | None
+    mask_node: str | None
 
 
 # -- where ---------------------------------------------------------------------------------
@@ -161,9 +169,10 @@ def _elem_name(elem: int) -> str:
 # -- the shared training_mode input ----------------------------------------------------------
 
 
-def ensure_training_mode(model: onnx.ModelProto) -> None:
-    """Give the main graph its bool scalar ``training_mode`` input (default false), or check
-    the one it has; refuse a model that uses the name for anything else."""
+def ensure_training_mode(model: onnx.ModelProto, mask: MaskForm) -> None:
+    """Give the main graph its bool scalar ``training_mode`` input, or check the one it has;
+    refuse a model that uses the name for anything else. In the Dropout form it defaults to
+    false; in the portable form it is a plain input (every runtime can feed it)."""
     graph = model.graph
     inputs = [value for value in graph.input if value.name == TRAINING_MODE]
     defaults = [tensor for tensor in graph.initializer if tensor.name == TRAINING_MODE]
@@ -175,7 +184,8 @@ def ensure_training_mode(model: onnx.ModelProto) -> None:
         if defaults:
             raise InvalidTrainingMode("is an initializer that is not a graph input")
         graph.input.append(helper.make_tensor_value_info(TRAINING_MODE, TensorProto.BOOL, []))
-        graph.initializer.append(numpy_helper.from_array(np.array(False), TRAINING_MODE))
+        if mask == "dropout":
+            graph.initializer.append(numpy_helper.from_array(np.array(False), TRAINING_MODE))
         return
     tensor = inputs[0].type.tensor_type
     if (
@@ -187,6 +197,13 @@ def ensure_training_mode(model: onnx.ModelProto) -> None:
         raise InvalidTrainingMode(
             f"is a graph input of another type ({helper.printable_type(inputs[0].type)})"
         )
+    if mask == "portable":
+        if defaults:
+            raise InvalidTrainingMode(
+                "has a default (an initializer), which runtimes such as OpenVINO and "
+                "onnxruntime-web treat as a constant; a portable layer needs a plain input"
+            )
+        return
     if not defaults:
         graph.initializer.append(numpy_helper.from_array(np.array(False), TRAINING_MODE))
         return
@@ -255,13 +272,16 @@ def insert_layer(graph: GraphProto, tensor: str, spec: GraphSpec, prefix: str) -
     counter = iter(range(1 << 30))
     added = list(layer.node)
     dropout: list[str] = []
+    drawing: list[str] = []
     for node in added:
-        _rename_node(node, rename, lambda op: f"{prefix}{op}_{next(counter)}", dropout)
+        _rename_node(
+            node, rename, lambda op: f"{prefix}{op}_{next(counter)}", (dropout, drawing), prefix
+        )
     _insert_nodes(graph, position, added)
     graph.initializer.extend(
         _renamed_tensor(init, rename) for init in layer.initializer if init.name != TRAINING_MODE
     )
-    return Inserted(prefix, dropout[0] if dropout else None)
+    return Inserted(prefix, dropout[0] if dropout else None, drawing[0] if drawing else None)
 
 
 def _insert_nodes(graph: GraphProto, position: int, added: list[onnx.NodeProto]) -> None:
@@ -282,13 +302,19 @@ def _rename_node(
     node: onnx.NodeProto,
     rename: Callable[[str], str],
     node_name: Callable[[str], str],
-    dropouts: list[str],
+    found: tuple[list[str], list[str]],
+    prefix: str,
 ) -> None:
+    """Rename the node (and its subgraphs); note its name in ``found``'s first list if it is
+    a Dropout, in the second if it draws the keep mask (a ConstantOfShape draws nothing)."""
+    dropouts, drawing = found
     node.input[:] = [rename(name) for name in node.input]
     node.output[:] = [rename(name) for name in node.output]
     node.name = node_name(node.op_type)
     if node.op_type == "Dropout":
         dropouts.append(node.name)
+    if prefix + MASK_OUTPUT in node.output and node.op_type != "ConstantOfShape":
+        drawing.append(node.name)
     for attribute in node.attribute:
         if attribute.type == AttributeProto.TENSOR:
             attribute.t.name = rename(attribute.t.name)
@@ -301,7 +327,7 @@ def _rename_node(
             for init in sub.initializer:
                 init.name = rename(init.name)
             for inner in sub.node:
-                _rename_node(inner, rename, node_name, dropouts)
+                _rename_node(inner, rename, node_name, found, prefix)
 
 
 def _renamed_tensor(tensor: TensorProto, rename: Callable[[str], str]) -> TensorProto:

@@ -1,11 +1,13 @@
 """Run a stored ONNX model, composed or not, with reproducible Monte Carlo spatial dropout.
 
-The composed file's Dropout nodes carry their stream seed as an attribute, fixed when the
-model was composed. To serve any seed, the server runs a *serving variant*: each inserted
-Dropout is replaced by an ``Identity`` of a new graph input, its keep mask, which the kernel
-draws (``kernel.keep_mask_for``: the same draw numbering as onnxruntime's CPU Dropout). So a
-training call with seed s feeds insertion i the mask of ``seed + i``, exactly what the file
-composed with s draws on its first run, and Monte Carlo sample t feeds ``seed + t*K + i``.
+The composed file's layers carry their stream seed, fixed when the model was composed: as a
+Dropout's attribute, or in the tables of a portable layer's stream. To serve any seed, the
+server runs a *serving variant*: the node that draws each inserted layer's keep mask (its
+Dropout, or the end of its portable stream, whose then-dead nodes are dropped) is replaced by
+an ``Identity`` of a new graph input, the keep mask, which the kernel draws
+(``kernel.keep_mask_for``: the numbering both forms follow). So a training call with seed s
+feeds insertion i the mask of ``seed + i``, exactly what the file composed with s draws, and
+Monte Carlo sample t feeds ``seed + t*K + i``. Both forms are served alike.
 The T samples run as one batch (the input repeated T times, the masks stacked) when every
 input has a free batch axis.
 """
@@ -30,6 +32,7 @@ from service.compose import record, surgery, validate
 from service.core import kernel
 from service.core.config import DataFormat, DropoutConfig, Kind
 from service.inference import TensorMetadata
+from service.onnx.graph import MASK_OUTPUT, TRAINING_MODE
 
 _U64: Final = 1 << 64
 #: Suffix of the graph input that carries an inserted layer's keep mask.
@@ -107,8 +110,11 @@ def _metadata(value: onnx.ValueInfoProto) -> TensorMetadata:
 
 
 def served_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """The inputs a caller gives: graph inputs without a default (``training_mode`` has one)."""
+    """The inputs a caller gives: graph inputs without a default, and not the composed
+    layers' ``training_mode`` (the server feeds it; the portable form gives it no default)."""
     defaults = {init.name for init in model.graph.initializer}
+    if record.read_record(model):
+        defaults.add(TRAINING_MODE)
     return [value for value in model.graph.input if value.name not in defaults]
 
 
@@ -141,27 +147,31 @@ def layer_config(spec: Mapping[str, Any]) -> DropoutConfig:
 
 
 def serving_variant(model: onnx.ModelProto) -> tuple[bytes, list[Insertion]]:
-    """The model with each inserted Dropout's mask a graph input, and the insertions."""
+    """The model with each inserted layer's keep mask a graph input, and the insertions."""
     layers = record.read_record(model)
     tensors = surgery.tensor_types(model, [layer.tensor for layer in layers]) if layers else {}
-    by_name = {node.name: node for node in validate.nodes(model) if node.op_type == "Dropout"}
+    owners = {node.name: graph for graph in validate.graphs(model) for node in graph.node}
     insertions = []
     for layer in layers:
         mask_input = None
-        if layer.dropout is not None:
-            node = by_name.get(layer.dropout)
-            if node is None or len(node.output) < 2:
+        drawing = layer.drawing_node
+        if drawing is not None:
+            graph = owners.get(drawing)
+            mask_output = layer.prefix + MASK_OUTPUT
+            node = next((n for n in graph.node if n.name == drawing), None) if graph else None
+            if graph is None or node is None or mask_output not in node.output:
                 raise errors.InvalidModel(
-                    f"The record names the Dropout {layer.dropout!r}, which the model lacks."
+                    f"The record names the node {drawing!r}, which draws no keep mask in the model."
                 )
             mask_input = f"{layer.prefix}{MASK_INPUT_SUFFIX}"
-            mask_output = node.output[1]
             del node.input[:]
             del node.output[:]
             del node.attribute[:]
             node.op_type, node.domain = "Identity", ""
             node.input.append(mask_input)
             node.output.append(mask_output)
+            if graph is not model.graph:  # the user's own graph keeps every node it has
+                _drop_dead_nodes(graph)
             # Any shape: the rank follows the tensor, which may be unknown here.
             model.graph.input.append(
                 helper.make_tensor_value_info(mask_input, TensorProto.BOOL, None)
@@ -172,6 +182,35 @@ def serving_variant(model: onnx.ModelProto) -> tuple[bytes, list[Insertion]]:
             )
         )
     return model.SerializeToString(), insertions
+
+
+def _drop_dead_nodes(graph: onnx.GraphProto) -> None:
+    """Remove the nodes no output of ``graph`` depends on (a portable stream whose mask the
+    server now feeds), and the initializers only they read."""
+    while True:
+        used = {output.name for output in graph.output}
+        for node in graph.node:
+            used.update(node.input)
+            for sub in validate.subgraphs(node):
+                used |= _read_in(sub)
+        dead = [i for i, node in enumerate(graph.node) if not used.intersection(node.output)]
+        if not dead:
+            break
+        for i in reversed(dead):
+            del graph.node[i]
+    kept = [tensor for tensor in graph.initializer if tensor.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def _read_in(graph: onnx.GraphProto) -> set[str]:
+    """Every name the nodes of ``graph`` and its subgraphs read."""
+    names: set[str] = set()
+    for node in graph.node:
+        names.update(node.input)
+        for sub in validate.subgraphs(node):
+            names |= _read_in(sub)
+    return names
 
 
 class Runner:
@@ -338,7 +377,7 @@ class Runner:
                     masks[insertion.mask_input] if masks is not None else np.ones((), np.bool_)
                 )
         if self.insertions:
-            full[surgery.TRAINING_MODE] = np.array(training)
+            full[TRAINING_MODE] = np.array(training)
         names = [o.name for o in self.info.outputs]
         try:
             values = self._session.run(names, full)

@@ -71,8 +71,10 @@ REFUSED_DTYPES: Final[dict[str, str]] = {
 }
 #: The graph input that switches training on (shared by every layer a model composes).
 TRAINING_MODE: Final = "training_mode"
-#: The name of the node whose output is a portable layer's keep mask in its training branch.
-MASK_NODE: Final = "keep_mask"
+#: The keep mask computed by a portable graph, before the training branch outputs it.
+MASK_NODE: Final = "stream_mask"
+#: The training branch's keep mask: the serving variant feeds it in place of the draws.
+MASK_OUTPUT: Final = "mask_train"
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,19 +162,19 @@ def _training_branch(spec: GraphSpec, mask_shape: str) -> onnx.GraphProto:
     dtype = DTYPES[spec.dtype]
     outputs = [
         helper.make_tensor_value_info("Y_train", elem, None),
-        helper.make_tensor_value_info("mask_train", TensorProto.BOOL, None),
+        helper.make_tensor_value_info(MASK_OUTPUT, TensorProto.BOOL, None),
     ]
     if config.rate == 0:  # the kernel's identity: no draws at all
         nodes = [
             helper.make_node("Identity", ["X"], ["Y_train"]),
-            _filled(mask_shape, "mask_train", TensorProto.BOOL, True),
+            _filled(mask_shape, MASK_OUTPUT, TensorProto.BOOL, True),
         ]
         return helper.make_graph(nodes, "train", [], outputs)
     if np.float32(config.rate) >= 1:
         # onnxruntime refuses ratio >= 1; the kernel's mask (u >= 1.0f) is all false here.
         nodes = [
             _filled("x_shape", "Y_train", elem, 0.0),
-            _filled(mask_shape, "mask_train", TensorProto.BOOL, False),
+            _filled(mask_shape, MASK_OUTPUT, TensorProto.BOOL, False),
         ]
         return helper.make_graph(nodes, "train", [], outputs)
     g = GraphBuilder("train")
@@ -184,7 +186,7 @@ def _training_branch(spec: GraphSpec, mask_shape: str) -> onnx.GraphProto:
     keep_in = np.float32(keep) if wide else cast("np.floating[Any]", dtype.type(keep))
     if spec.mask == "portable":
         stream.keep_mask(g, mask_shape, spec.stream_seed, config.rate, MASK_NODE)
-        g.op("Identity", MASK_NODE, output="mask_train")
+        g.op("Identity", MASK_NODE, output=MASK_OUTPUT)
         scaled = division.quotient(g, x, keep_in, reference=x)
     else:
         g.nodes.append(_filled(mask_shape, "ones", TensorProto.FLOAT, 1.0))
@@ -193,7 +195,7 @@ def _training_branch(spec: GraphSpec, mask_shape: str) -> onnx.GraphProto:
             helper.make_node(
                 "Dropout",
                 ["ones", ratio, TRAINING_MODE],
-                ["ones_dropped", "mask_train"],
+                ["ones_dropped", MASK_OUTPUT],
                 seed=spec.stream_seed,
             )
         )
@@ -204,7 +206,7 @@ def _training_branch(spec: GraphSpec, mask_shape: str) -> onnx.GraphProto:
     # each input against a +0.0 default and merges with ``x_sel != 0 ? x_sel : y_sel``, so a
     # -0.0 taken from its X input comes out +0.0; taken from its Y input it stays -0.0. Xor,
     # not Not: onnxruntime's NotWhereFusion would swap the inputs back.
-    dropped = g.op("Xor", "mask_train", g.const(np.array(True), name="true"), output="dropped")
+    dropped = g.op("Xor", MASK_OUTPUT, g.const(np.array(True), name="true"), output="dropped")
     zero = g.const(np.array(0, dtype=dtype), name="zero")
     g.op("Where", dropped, zero, scaled, output="Y_train")
     return helper.make_graph(g.nodes, "train", [], outputs, initializer=g.initializers)

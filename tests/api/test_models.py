@@ -77,13 +77,13 @@ def api(model_server: Server) -> Iterator[httpx.Client]:
     yield from client_of(model_server)
 
 
-def composed(api: httpx.Client, seed: int = SEED) -> bytes:
+def composed(api: httpx.Client, seed: int = SEED, mask: str = "dropout") -> bytes:
     """The CNN with a channels_first spatial dropout after its first ReLU and after
-    ``features``: K = 2 inserted layers."""
-    layer = create(api, data_format="channels_first", rate=0.5, name=unique("sd"))
+    ``features``: K = 2 inserted layers, their masks in the form ``mask``."""
+    layer = create(api, data_format="channels_first", rate=0.3, name=unique("sd"))
     response = api.post(
         f"/layers/{layer['name']}/compose",
-        params={"after": [first_relu(plain()), "features"], "seed": seed},
+        params={"after": [first_relu(plain()), "features"], "seed": seed, "mask": mask},
         content=plain(),
         headers=ONNX,
     )
@@ -119,10 +119,11 @@ def infer(
     return outputs, answer["parameters"]
 
 
-@pytest.fixture
-def stored(api: httpx.Client) -> tuple[str, bytes]:
+@pytest.fixture(params=["dropout", "portable"])
+def stored(api: httpx.Client, request: pytest.FixtureRequest) -> tuple[str, bytes]:
+    """A model composed in each mask form, stored: both are served alike."""
     name = unique("m")
-    model = composed(api)
+    model = composed(api, mask=request.param)
     response = put(api, name, model)
     assert response.status_code == 201, response.text
     return name, model

@@ -72,6 +72,11 @@ def openvino(model: bytes) -> Session:
 def tract(model: bytes) -> Session:
     import tract as tr
 
+    # tract will not unify a symbolic dim of a value_info hint with a concrete input size:
+    # the shapes follow from the inputs' facts alone.
+    proto = onnx.load_from_string(model)
+    del proto.graph.value_info[:]
+    model = proto.SerializeToString()
     runnables: dict[tuple[Any, ...], Any] = {}
 
     def run(feeds: Feeds) -> list[NDArray[Any]]:
@@ -84,6 +89,8 @@ def tract(model: bytes) -> Session:
             names = [loaded.input_name(i) for i in range(loaded.input_count())]
             for i, name in enumerate(names):
                 loaded.set_input_fact(i, _tract_fact(feeds[name]))
+            for i in range(loaded.output_count()):  # inferred from the inputs' shapes
+                loaded.set_output_fact(i, None)
             runnables[key] = (names, loaded.into_model().into_runnable())
         names, runnable = runnables[key]
         return [out.to_numpy() for out in runnable.run([feeds[name] for name in names])]

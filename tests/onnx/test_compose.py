@@ -165,7 +165,7 @@ def test_the_cli_composes_a_file_with_a_spec_file(
     layer.write_text('{"rate": 0.5, "data_format": "channels_first", "seed": 11}')
     out = tmp_path / "out.onnx"
     assert main(["compose", str(source), str(layer), "-o", str(out), "--after", "features"]) == 0
-    assert capsys.readouterr().out == f"wrote {out} (after features; seed 11)\n"
+    assert capsys.readouterr().out == f"wrote {out} (after features; seed 11; mask dropout)\n"
     from_file = replace(SD2D, name=None, seed=11)  # the spec file, resolved
     assert out.read_bytes() == compose(
         source.read_bytes(), from_file, after=["features"], seed=11, max_nodes=MAX_NODES

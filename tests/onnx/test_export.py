@@ -420,7 +420,7 @@ def test_export_command_reads_a_spec_file(
     spec.write_text('{"kind": "spatial_dropout_1d", "rate": 0.25, "seed": 3}', encoding="utf-8")
     out = tmp_path / "sd1.onnx"
     assert main(["export", str(spec), "-o", str(out), "--opset", "17", "--dtype", "float64"]) == 0
-    assert capsys.readouterr().out == f"wrote {out} (opset 17, float64, seed 3)\n"
+    assert capsys.readouterr().out == f"wrote {out} (opset 17, float64, seed 3, mask dropout)\n"
     model = onnx.load(out)
     assert model.opset_import[0].version == 17
     x = sample((2, 5, 4), "float64")

@@ -11,7 +11,7 @@ from service.api.deps import PlaneDep
 from service.api.docs import problems
 from service.api.negotiation import check_acceptable, require_media_type
 from service.compose import RECORD_KEY
-from service.params import FROM_TEXT, Seed
+from service.params import DEFAULT_MASK, FROM_TEXT, Mask, Seed
 
 ONNX_MEDIA_TYPE: Final = "application/octet-stream"
 
@@ -28,6 +28,11 @@ the model's own outputs, bit for bit. Training mode, first run of a fresh onnxru
 (CPU, Linux): insertion i gives exactly `/apply` of the layer on its tensor with seed + i. The
 inserted layers are recorded in `metadata_props` under `{RECORD_KEY}` (a JSON object; see the
 README). Opsets 13 to the newest the server's onnx and onnxruntime load.
+
+`mask=portable` computes each layer's stream in the graph (no Dropout, no random operator):
+insertion i is then `/apply` with seed + i on any ONNX runtime (onnxruntime, onnx.reference,
+OpenVINO, tract and onnxruntime-web are tested), every run, and `training_mode` is a plain
+bool input with no default, which the caller feeds. A model's layers share one form.
 """
 
 _OPENAPI: Final[dict[str, Any]] = {
@@ -75,6 +80,7 @@ _OPENAPI: Final[dict[str, Any]] = {
             errors.RankMismatch,
             errors.ModelOpsetUnsupported,
             errors.InvalidTrainingMode,
+            errors.MixedMaskForms,
             errors.UnsupportedOnnxDtype,
             errors.RequestValidation,
             errors.BodyTooLarge,
@@ -100,11 +106,12 @@ async def compose_model(
         Annotated[Seed, FROM_TEXT] | None,
         Query(description="User seed; default the layer's, else one drawn."),
     ] = None,
+    mask: Annotated[Mask, Query()] = DEFAULT_MASK,
     content_type: Annotated[str | None, Header(include_in_schema=False)] = None,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
     require_media_type(content_type, [ONNX_MEDIA_TYPE])
     check_acceptable(accept, ONNX_MEDIA_TYPE)
     body = await request.body()
-    model, used = await plane.compose(ref, body, after=after, seed=seed)
+    model, used = await plane.compose(ref, body, after=after, seed=seed, mask=mask)
     return Response(model, media_type=ONNX_MEDIA_TYPE, headers={"X-Seed": str(used)})

@@ -16,7 +16,7 @@ from service.core.bounds import MAX_RANK
 from service.onnx.export import DEFAULT_DTYPE, export_layer, export_seed
 from service.onnx.graph import ONNX_DTYPES
 from service.onnx.opsets import DEFAULT_OPSET, MIN_OPSET
-from service.params import FROM_TEXT, Opset, Seed, TensorDtype
+from service.params import DEFAULT_MASK, FROM_TEXT, Mask, Opset, Seed, TensorDtype
 
 ONNX_MEDIA_TYPE: Final = "application/octet-stream"
 
@@ -30,6 +30,11 @@ exactly what `/apply` gives for the same seed; run j gives the stream seed + j -
 README). The user's seed, the layer and the producer version are in the model's
 `metadata_props`; the seed used is also in `X-Seed`. Opsets from {MIN_OPSET} to the newest
 both the server's onnx and onnxruntime support (default {DEFAULT_OPSET}).
+
+`mask=portable` computes the stream in the graph instead (no Dropout, no random operator):
+every run, on any ONNX runtime (onnxruntime, onnx.reference, OpenVINO, tract and
+onnxruntime-web are tested), gives `/apply`'s answer; `training_mode` is then a plain input
+with no default, which the caller feeds.
 """
 
 
@@ -88,11 +93,12 @@ def onnx_model(
         int | None,
         Query(ge=0, le=MAX_RANK, description="Input rank; needed for dropout without noise_shape."),
     ] = None,
+    mask: Annotated[Mask, Query()] = DEFAULT_MASK,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
     check_acceptable(accept, ONNX_MEDIA_TYPE)
     layer = store.get(ref)
-    model = export_layer(layer, seed=seed, opset=opset, dtype=dtype, rank=rank)
+    model = export_layer(layer, seed=seed, opset=opset, dtype=dtype, rank=rank, mask=mask)
     return Response(
         model.SerializeToString(),
         media_type=ONNX_MEDIA_TYPE,
