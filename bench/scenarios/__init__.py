@@ -12,6 +12,7 @@ from bench.scenarios import (
     kernel,
     modes,
     monte_carlo,
+    portable,
     rss,
     small,
     workers,
@@ -28,5 +29,6 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "rss": rss.run,
     "workers": workers.run,
     "montecarlo": monte_carlo.run,
+    "portable": portable.run,
     "grpc": grpc.run,
 }

@@ -10,7 +10,9 @@ constant tables factor any draw number below 2**31 (j = 2**22 j2 + 2**11 j1 + j0
 so the mask is two broadcast modular products: tables 2 x 1 (the rows a mask needs, as many
 as 2**22 draws each), sliced to whole rows of 2048 draws, then times table 0, sliced to the
 mask's size. Draw counts reach 2**31 (past the stream's period, m - 1) with 4,608 table
-entries; the work is the mask's size plus at most 2 * 2048 draws.
+entries. Tables 0 and 1 are first cut to the columns a mask uses (a mask of C < 2048 cells
+needs C entries of table 0 and one of table 1), so the work is about the mask's size: what a
+small mask costs is mostly the ~110 nodes' dispatch.
 
 Why every integer stays below 2**24: runtimes differ in their integer arithmetic (OpenVINO's
 CPU plugin narrows int64 to int32 and computes integer Div and Mod in float32), so a residue
@@ -73,10 +75,15 @@ def keep_mask(g: GraphBuilder, mask_shape: str, stream_seed: int, rate: float, o
     rows2 = _rows(g, size, _ROW * _ROW)
     rows = _rows(g, size, _ROW)
     zero, axis0 = g.const(np.array([0], np.int64)), g.const(np.array([0], np.int64))
+    axis1, row = g.const(np.array([1], np.int64)), g.const(np.array([_ROW], np.int64))
     flat, column = g.const(np.array([-1], np.int64)), g.const(np.array([-1, 1], np.int64))
 
+    # A flattened [r, c] product numbers its draws r * c + j: right when c is a whole row of
+    # 2048, or when only the first row is kept, which is the case whenever c is cut shorter.
+    row0_used = _each(g, row0, lambda limb: g.op("Slice", limb, zero, _least(g, size, row), axis1))
+    row1_used = _each(g, row1, lambda limb: g.op("Slice", limb, zero, _least(g, rows, row), axis1))
     column2_used = _each(g, column2, lambda limb: g.op("Slice", limb, zero, rows2, axis0))
-    high = _modmul(g, column2_used, row1)  # [rows2, 2048]: a**(2**11 (2048 j2 + j1))
+    high = _modmul(g, column2_used, row1_used)  # [rows2, <=2048]: a**(2**11 (2048 j2 + j1))
     high_column = _each(
         g,
         high,
@@ -84,7 +91,7 @@ def keep_mask(g: GraphBuilder, mask_shape: str, stream_seed: int, rate: float, o
             "Reshape", g.op("Slice", g.op("Reshape", limb, flat), zero, rows, axis0), column
         ),
     )
-    draws = _modmul(g, high_column, row0)  # [rows, 2048]: x_{j+1}, j = 2048 row + column
+    draws = _modmul(g, high_column, row0_used)  # [rows, <=2048]: x_{j+1}, j = 2048 row + col
     kept = _at_least(g, draws, rng.keep_threshold(rate))
     kept_flat = g.op("Slice", g.op("Reshape", kept, flat), zero, size, axis0)
     g.op("Reshape", kept_flat, mask_shape, output=output)
@@ -104,6 +111,10 @@ def _rows(g: GraphBuilder, size: str, per_row: int) -> str:
     """``ceil(size / per_row)``, or one more (see ``_SLACK``), as an int64 [1]."""
     padded = g.add(size, g.scalar(per_row - 1 + _SLACK, np.int64))
     return g.op("Div", padded, g.scalar(per_row, np.int64))
+
+
+def _least(g: GraphBuilder, count: str, bound: str) -> str:
+    return g.op("Min", count, bound)
 
 
 def _split(g: GraphBuilder, value: str, bits: int) -> tuple[str, str]:
