@@ -1,7 +1,8 @@
 # Everything a developer or CI runs. `make serve` and `make test` work on a fresh machine:
 # they create .venv and install into it what they need first. `make serve` installs the
 # project alone (its runtime dependencies); `make test` and `make setup` add the test tools,
-# Keras and torch into the same .venv, so going from one to the other upgrades it in place.
+# Keras and torch into the same .venv, so going from one to the other upgrades it in place;
+# `make test` also installs onnxruntime-web with npm (Node.js and npm must be on the PATH).
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -34,7 +35,14 @@ $(VENV)/.installed: pyproject.toml $(EXTENSIONS) | $(BIN)/python
 serve: runtime
 	$(BIN)/spatial-dropout serve
 
-test: setup
+# onnxruntime-web (WebAssembly, run by Node) for tests/onnx: from the npm registry, at the
+# versions its lock file pins.
+WEB := tests/onnx/web
+$(WEB)/node_modules/.installed: $(WEB)/package.json $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: setup $(WEB)/node_modules/.installed
 	$(BIN)/python -m pytest
 
 lint: setup
@@ -70,4 +78,4 @@ image:
 	$(PYTHON) docker/build.py --tag $(IMAGE) $(if $(PYTHON_IMAGE),--python-image $(PYTHON_IMAGE))
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis data
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis data $(WEB)/node_modules

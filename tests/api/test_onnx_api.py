@@ -260,3 +260,82 @@ def test_the_readme_snippet_reproduces_the_service_call(
         },
     ).json()
     assert printed == f"{served['output']['data']} {served['mask']}"
+
+
+# -- mask=portable ----------------------------------------------------------------------
+
+
+def test_a_portable_download_answers_what_apply_answers_in_onnxruntime_and_openvino(
+    client: httpx.Client, server: Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tests.onnx import runtimes
+
+    layer = create(client, rate=0.3, seed=5, data_format="channels_last")
+    answer = client.get(f"/layers/{layer['name']}/onnx", params={"mask": "portable"})
+    assert answer.status_code == 200, answer.text
+    model = onnx.load_from_string(answer.content)
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["mask"] == "portable" and props["seed"] == "5"
+    assert "training_mode" not in {t.name for t in model.graph.initializer}
+    assert "Dropout" not in {n.op_type for n in runtimes_nodes(model)}
+    x = np.random.default_rng(1).standard_normal((4, 2, 2, 16)).astype(np.float32)
+    for training in (True, False):
+        expected = load(apply_npy(client, layer["name"], x, training=training, seed=5).content)
+        feeds = {"X": x, "training_mode": np.array(training)}
+        for runtime in (runtimes.onnxruntime, runtimes.openvino):
+            y, _ = runtime(answer.content)(feeds)
+            assert y.tobytes() == expected.tobytes(), (training, runtime)
+    dropout = client.get(f"/layers/{layer['name']}/onnx").content
+    assert {p.key: p.value for p in onnx.load_from_string(dropout).metadata_props}["mask"] == (
+        "dropout"
+    )
+    assert_problem(
+        client.get(f"/layers/{layer['name']}/onnx", params={"mask": "random"}),
+        422,
+        "validation_error",
+    )
+    monkeypatch.setenv("SPATIAL_DROPOUT_DATABASE_URL", f"sqlite:///{server.database}")
+    out = tmp_path / "portable.onnx"
+    assert main(["export", layer["name"], "-o", str(out), "--mask", "portable"]) == 0
+    assert out.read_bytes() == answer.content
+
+
+def runtimes_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    from service.compose.validate import nodes
+
+    return list(nodes(model))
+
+
+def test_compose_takes_the_mask_form(client: httpx.Client) -> None:
+    from tests.onnx.test_compose_portable import hand_built
+
+    layer = create(client, rate=0.3, seed=2, data_format="channels_first")["name"]
+    onnx_type = {"content-type": "application/octet-stream"}
+    answer = client.post(
+        f"/layers/{layer}/compose",
+        params={"after": "h", "mask": "portable"},
+        content=hand_built(),
+        headers=onnx_type,
+    )
+    assert answer.status_code == 200, answer.text
+    from service.compose import read_record
+
+    (inserted,) = read_record(onnx.load_from_string(answer.content))
+    assert inserted.mask == "portable" and inserted.dropout is None
+    again = client.post(
+        f"/layers/{layer}/compose",
+        params={"after": "out"},
+        content=answer.content,
+        headers=onnx_type,
+    )
+    assert_problem(again, 422, "mixed_mask_forms")
+    assert_problem(
+        client.post(
+            f"/layers/{layer}/compose",
+            params={"mask": "portable ", "after": "h"},
+            content=hand_built(),
+            headers=onnx_type,
+        ),
+        422,
+        "validation_error",
+    )

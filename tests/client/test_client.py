@@ -340,6 +340,21 @@ def test_compose_models_and_monte_carlo_agree_with_raw_http(sd: Client, raw: htt
         sd.model_onnx(name)
 
 
+def test_export_and_compose_take_the_mask_form(sd: Client, raw: httpx.Client) -> None:
+    layer = sd.create_layer(spec(data_format="channels_first", seed=4))["name"]
+    portable = sd.export_onnx(layer, mask="portable")
+    assert portable == raw.get(f"/layers/{layer}/onnx", params={"mask": "portable"}).content
+    assert portable != sd.export_onnx(layer)
+    composed = sd.compose(layer, plain(), after=["features"], seed=3, mask="portable")
+    expected = raw.post(
+        f"/layers/{layer}/compose",
+        params={"after": "features", "seed": 3, "mask": "portable"},
+        content=plain(),
+        headers=ONNX,
+    )
+    assert composed.model == expected.content
+
+
 @linux_only
 def test_a_layer_over_v2_gives_the_apply_answer(sd: Client) -> None:
     name = sd.create_layer(spec())["name"]
