@@ -100,6 +100,7 @@ def tract(model: bytes) -> Session:
 
 def _tract_fact(array: NDArray[Any]) -> str:
     dtype = "bool" if array.dtype == np.bool_ else array.dtype.name.replace("float", "f")
+    dtype = dtype.replace("uint", "u").replace("int", "i")
     return ",".join([*(str(d) for d in array.shape), dtype])
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 from numpy.typing import NDArray
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from service.onnx import division
 from service.onnx.builder import GraphBuilder
@@ -126,3 +126,23 @@ def test_the_probe_takes_the_runtimes_own_div_only_where_it_divides_exactly(
         "openvino": False,
         "tract": False,
     }
+
+
+def test_a_limbs_carry_is_truncated_exactly_by_every_runtime(web: runtimes.WebRunner) -> None:
+    """The stream takes a carry as ``t / 2**b`` for 0 <= t < 2**24 (service.onnx.stream):
+    every such t on the Python runtimes, a sample of 2**20 on onnxruntime-web."""
+    t = np.arange(1 << 24, dtype=np.int32)
+    for radix in (2048, 512):
+        graph = helper.make_graph(
+            [helper.make_node("Div", ["T", "radix"], ["Q"])],
+            "carry",
+            [helper.make_tensor_value_info("T", TensorProto.INT32, ["N"])],
+            [helper.make_tensor_value_info("Q", TensorProto.INT32, None)],
+            initializer=[numpy_helper.from_array(np.array(radix, np.int32), "radix")],
+        )
+        opsets = [helper.make_opsetid("", 21)]
+        carry = helper.make_model(graph, opset_imports=opsets, ir_version=10).SerializeToString()
+        for load in runtimes.PYTHON_RUNTIMES.values():
+            assert np.array_equal(load(carry)({"T": t})[0], t // radix)
+        sample = t[np.random.default_rng(radix).integers(0, 1 << 24, 1 << 20)]
+        assert np.array_equal(web(carry)({"T": sample})[0], sample // radix)
