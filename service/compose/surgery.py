@@ -2,7 +2,8 @@
 
 For each insertion point T the layer's nodes are the ones ``service.onnx.graph`` builds for a
 layer model (``Shape``, the mask shape, and the ``If`` on ``training_mode`` whose training
-branch runs Dropout with ``seed = mix_seed(seed + i)``), with every name they define given a
+branch draws the mask of ``mix_seed(seed + i)``: a Dropout with that seed, or the portable
+stream), with every name they define given a
 prefix unique in the whole model (``spatial_dropout_<k>/``), their ``X`` read from the model,
 their ``Y`` written back, and ``training_mode`` the one shared graph input. How T is joined:
 

@@ -13,11 +13,11 @@ answer ``Y`` and the keep ``mask``::
 
 The ``dropout`` form draws the mask with the Dropout operator on a float32 tensor of ones of
 the mask's shape (``seed = mix_seed(seed)``); ``training_mode`` defaults to false through an
-initializer. Only onnxruntime's CPU build on Linux draws ``/apply``'s stream with it (see
-``docs`` on where bit-exactness holds). The ``portable`` form computes the stream in the graph
-from int32 arithmetic (``service.onnx.stream``) and divides exactly on any runtime
-(``service.onnx.division``); its ``training_mode`` is a plain input with no initializer, which
-every runtime can feed, and a run is a pure function of its inputs.
+initializer. Only onnxruntime's CPU build on Linux draws ``/apply``'s stream with it (the
+README's "Where bit-exactness ends" has the table). The ``portable`` form computes the stream
+in the graph from int32 arithmetic (``service.onnx.stream``) and divides exactly on any
+runtime (``service.onnx.division``); its ``training_mode`` is a plain input with no
+initializer, which every runtime can feed, and a run is a pure function of its inputs.
 
 Why it is built so (measured with onnx 1.23 and onnxruntime 1.32 on Linux):
 
