@@ -159,3 +159,21 @@ def test_onnxruntime_web_reads_a_rank_0_input_as_shape_1(web: runtimes.WebRunner
     )
     (y,) = web(model.SerializeToString())({"X": np.array(3.0, np.float32)})
     assert y.shape == (1,)
+
+
+@pytest.mark.parametrize("rate", [0.3, 0.5, 0.77, 1e-9, 0.9999999])
+def test_the_keep_threshold_is_exact_at_its_boundary(load: runtimes.Loader, rate: float) -> None:
+    """A stream seed whose first draw is the threshold (kept) or one below it (dropped), in
+    the graph as in the kernel."""
+    threshold = rng.keep_threshold(rate)
+    inverse = pow(rng.MULTIPLIER, -1, rng.MODULUS)
+    config = DropoutConfig(Kind.DROPOUT, rate)
+    x = np.ones(1, np.float32)
+    for draw, kept in [(threshold - 1, False), (threshold, True)]:
+        stream_seed = draw * inverse % rng.MODULUS
+        assert bool(rng.keep_mask(stream_seed, 1, 1, rate)[0]) is kept
+        spec = GraphSpec(config, 1, "float32", 21, stream_seed, "portable")
+        _, mask = load(build_model(spec).SerializeToString())(
+            {"X": x, "training_mode": np.array(True)}
+        )
+        assert bool(mask[0]) is kept, (rate, draw)
