@@ -18,6 +18,7 @@ import onnxruntime as ort
 import pytest
 
 from service.cli import main
+from service.compose.validate import nodes
 from service.core import rng
 from tests.api.helpers import assert_problem, create, load, npy, unique
 from tests.conftest import ROOT, Server
@@ -277,7 +278,7 @@ def test_a_portable_download_answers_what_apply_answers_in_onnxruntime_and_openv
     props = {p.key: p.value for p in model.metadata_props}
     assert props["mask"] == "portable" and props["seed"] == "5"
     assert "training_mode" not in {t.name for t in model.graph.initializer}
-    assert "Dropout" not in {n.op_type for n in runtimes_nodes(model)}
+    assert "Dropout" not in {n.op_type for n in nodes(model)}
     x = np.random.default_rng(1).standard_normal((4, 2, 2, 16)).astype(np.float32)
     for training in (True, False):
         expected = load(apply_npy(client, layer["name"], x, training=training, seed=5).content)
@@ -298,12 +299,6 @@ def test_a_portable_download_answers_what_apply_answers_in_onnxruntime_and_openv
     out = tmp_path / "portable.onnx"
     assert main(["export", layer["name"], "-o", str(out), "--mask", "portable"]) == 0
     assert out.read_bytes() == answer.content
-
-
-def runtimes_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    from service.compose.validate import nodes
-
-    return list(nodes(model))
 
 
 def test_compose_takes_the_mask_form(client: httpx.Client) -> None:

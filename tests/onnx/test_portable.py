@@ -15,8 +15,11 @@ import onnx
 import pytest
 from numpy.typing import NDArray
 
+from service.compose.validate import nodes
 from service.core import kernel, rng
 from service.core.config import DropoutConfig, Kind
+from service.layers.resolve import ResolvedSpec
+from service.onnx.export import export_layer
 from service.onnx.graph import GraphSpec, build_model
 from tests.onnx import runtimes
 from tests.onnx.conftest import RUNTIMES, loader
@@ -27,7 +30,7 @@ from tests.structures import CF, CL, STRUCTURES
 RATES = [0.0, 1.0, 0.5, 0.3, 0.77, 1e-9, 0.9999999, 1 - 2**-26]
 SEEDS = [0, 7, 2**63 - 1, 2**63, 2**64 - 1]
 DTYPES = ["float16", "float32", "float64"]
-RandomOps = {
+RANDOM_OPS = {
     "Dropout",
     "RandomUniform",
     "RandomNormal",
@@ -177,3 +180,26 @@ def test_the_keep_threshold_is_exact_at_its_boundary(load: runtimes.Loader, rate
             {"X": x, "training_mode": np.array(True)}
         )
         assert bool(mask[0]) is kept, (rate, draw)
+
+
+def test_an_export_has_no_random_operator_and_a_plain_training_mode() -> None:
+    layer = ResolvedSpec(
+        kind=Kind.SPATIAL_2D,
+        rate=0.3,
+        data_format=CL,
+        batch_size=None,
+        name="sd",
+        trainable=True,
+        seed=7,
+        dtype=None,
+        noise_shape=None,
+    )
+    model = export_layer(layer, mask="portable")
+    assert not {node.op_type for node in nodes(model)} & RANDOM_OPS
+    assert "training_mode" not in {t.name for t in model.graph.initializer}
+    assert [v.name for v in model.graph.input] == ["X", "training_mode"]
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["mask"] == "portable" and props["seed"] == "7"
+    dropout = export_layer(layer)
+    assert "Dropout" in {node.op_type for node in nodes(dropout)}
+    assert {p.key: p.value for p in dropout.metadata_props}["mask"] == "dropout"
