@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
+import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,6 +36,11 @@ def serve(
             os.environ[f"SPATIAL_DROPOUT_{name}"] = str(value)
     settings = Settings()
     workers = settings.workers
+    http_port = settings.port if port is None else port
+    taken = _port_in_use(settings.host, http_port, settings.grpc_port)
+    if taken is not None:
+        print(f"spatial-dropout serve: {taken}", file=sys.stderr)
+        return 1
     # uvicorn stops gracefully on SIGTERM (in-flight requests finish, then the app's lifespan
     # closes the store) and then raises SIGTERM again, which by default would end the process
     # with status 143. A stop that was asked for and went well is success: exit 0.
@@ -42,7 +50,7 @@ def serve(
             "service.api.app:create_served_app",
             factory=True,
             host=settings.host,
-            port=settings.port if port is None else port,
+            port=http_port,
             workers=workers,
             log_level=settings.log_level,
             log_config=log_config(settings.log_level, settings.log_format),
@@ -53,6 +61,36 @@ def serve(
             timeout_graceful_shutdown=settings.graceful_shutdown_seconds,
         )
     return 0
+
+
+#: What moves each port, for the one line a port in use gets.
+_MOVED_BY: Final = {
+    "HTTP": "--port or SPATIAL_DROPOUT_PORT",
+    "gRPC": "--grpc-port or SPATIAL_DROPOUT_GRPC_PORT (0 switches gRPC off)",
+}
+
+
+def _port_in_use(host: str, http_port: int, grpc_port: int) -> str | None:
+    """The line to print when a port the server would listen on is taken (or cannot be bound
+    at all), before any worker starts: uvicorn and grpcio would otherwise fail later, grpcio
+    with a long traceback from each worker."""
+    for what, port in (("HTTP", http_port), ("gRPC", grpc_port)):
+        if port == 0:
+            continue
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            # As uvicorn binds: a port left in TIME_WAIT by an earlier run is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return (
+                        f"port {port} on {host} ({what}) is in use; "
+                        f"choose another with {_MOVED_BY[what]}."
+                    )
+                return f"cannot listen on {host}:{port} ({what}): {exc.strerror}."
+    return None
 
 
 def _exit_cleanly(_signum: int, _frame: FrameType | None) -> None:
