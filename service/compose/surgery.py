@@ -21,7 +21,7 @@ Nodes are added right after the producer (or first), so the graph stays topologi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -272,17 +272,33 @@ def insert_layer(graph: GraphProto, tensor: str, spec: GraphSpec, prefix: str) -
 
     counter = iter(range(1 << 30))
     added = list(layer.node)
-    dropout: list[str] = []
-    drawing: list[str] = []
     for node in added:
-        _rename_node(
-            node, rename, lambda op: f"{prefix}{op}_{next(counter)}", (dropout, drawing), prefix
-        )
+        _rename_node(node, rename, lambda op: f"{prefix}{op}_{next(counter)}")
     _insert_nodes(graph, position, added)
     graph.initializer.extend(
         _renamed_tensor(init, rename) for init in layer.initializer if init.name != TRAINING_MODE
     )
-    return Inserted(prefix, dropout[0] if dropout else None, drawing[0] if drawing else None)
+    every = list(_within(added))
+    dropout = next((n.name for n in every if n.op_type == "Dropout"), None)
+    # The node that writes the training branch's keep mask, unless it is a constant (rate 0
+    # or 1: nothing drawn).
+    drawing = next(
+        (
+            n.name
+            for n in every
+            if prefix + MASK_OUTPUT in n.output and n.op_type != "ConstantOfShape"
+        ),
+        None,
+    )
+    return Inserted(prefix, dropout, drawing)
+
+
+def _within(added: Iterable[onnx.NodeProto]) -> Iterator[onnx.NodeProto]:
+    """The nodes and, depth first, the nodes of their subgraphs."""
+    for node in added:
+        yield node
+        for sub in subgraphs(node):
+            yield from _within(sub.node)
 
 
 def _insert_nodes(graph: GraphProto, position: int, added: list[onnx.NodeProto]) -> None:
@@ -300,22 +316,11 @@ def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
 
 
 def _rename_node(
-    node: onnx.NodeProto,
-    rename: Callable[[str], str],
-    node_name: Callable[[str], str],
-    found: tuple[list[str], list[str]],
-    prefix: str,
+    node: onnx.NodeProto, rename: Callable[[str], str], node_name: Callable[[str], str]
 ) -> None:
-    """Rename the node (and its subgraphs); note its name in ``found``'s first list if it is
-    a Dropout, in the second if it draws the keep mask (a ConstantOfShape draws nothing)."""
-    dropouts, drawing = found
     node.input[:] = [rename(name) for name in node.input]
     node.output[:] = [rename(name) for name in node.output]
     node.name = node_name(node.op_type)
-    if node.op_type == "Dropout":
-        dropouts.append(node.name)
-    if prefix + MASK_OUTPUT in node.output and node.op_type != "ConstantOfShape":
-        drawing.append(node.name)
     for attribute in node.attribute:
         if attribute.type == AttributeProto.TENSOR:
             attribute.t.name = rename(attribute.t.name)
@@ -328,7 +333,7 @@ def _rename_node(
             for init in sub.initializer:
                 init.name = rename(init.name)
             for inner in sub.node:
-                _rename_node(inner, rename, node_name, found, prefix)
+                _rename_node(inner, rename, node_name)
 
 
 def _renamed_tensor(tensor: TensorProto, rename: Callable[[str], str]) -> TensorProto:

@@ -19,6 +19,7 @@ class GraphBuilder:
         self.initializers: list[onnx.TensorProto] = []
         self._count = 0
         self._scalars: dict[tuple[str, bytes], str] = {}
+        self._ints: dict[tuple[int, ...], str] = {}
 
     def fresh(self) -> str:
         self._count += 1
@@ -37,6 +38,12 @@ class GraphBuilder:
         if key not in self._scalars:
             self._scalars[key] = self.const(array)
         return self._scalars[key]
+
+    def ints(self, *values: int) -> str:
+        """A 1-D int64 initializer of ``values`` (shapes, starts, axes), one per tuple."""
+        if values not in self._ints:
+            self._ints[values] = self.const(np.array(values, dtype=np.int64))
+        return self._ints[values]
 
     def op(self, op_type: str, *inputs: str, output: str | None = None, **attrs: Any) -> str:
         """One node of one output; its name."""

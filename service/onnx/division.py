@@ -90,11 +90,12 @@ def quotient(g: GraphBuilder, x: str, keep: np.floating[Any], reference: str) ->
     found = np.ones(1, dtype) if power_of_two else probes(keep)
     if found is None:  # no value tells the two divisions apart: always divide exactly
         return corrected(g, x, keep)
+    elem = helper.np_dtype_to_tensor_dtype(dtype)
     by_div = helper.make_graph(
         [helper.make_node("Div", [x, g.scalar(keep, dtype)], [f"{g.stem}_q_div"])],
         f"{g.stem}_div",
         [],
-        [helper.make_tensor_value_info(f"{g.stem}_q_div", _elem(dtype), None)],
+        [helper.make_tensor_value_info(f"{g.stem}_q_div", elem, None)],
     )
     inner = GraphBuilder(f"{g.stem}_exact")
     # A power of two divides exactly either way, but a product with a constant may lose
@@ -104,7 +105,7 @@ def quotient(g: GraphBuilder, x: str, keep: np.floating[Any], reference: str) ->
         inner.nodes,
         f"{g.stem}_steps",
         [],
-        [helper.make_tensor_value_info(result, _elem(dtype), None)],
+        [helper.make_tensor_value_info(result, elem, None)],
         initializer=inner.initializers,
     )
     exact = divides_exactly(g, found, keep, reference)
@@ -117,22 +118,18 @@ def _signed_zeros_kept(g: GraphBuilder, x: str, keep: np.floating[Any]) -> str:
     return g.where(nonzero, g.op("Div", x, g.scalar(keep, dtype)), x)
 
 
-def _elem(dtype: np.dtype[Any]) -> int:
-    return TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
-
-
 def divides_exactly(
     g: GraphBuilder, found: NDArray[Any], keep: np.floating[Any], reference: str
 ) -> str:
     """A bool scalar: does this runtime's Div give the IEEE quotients of the probes, and
     -0.0 for -0.0 (1 / q is then -inf)?"""
     dtype = keep.dtype
-    flat = g.op("Reshape", reference, g.const(np.array([-1], np.int64)))
-    start, axis = g.const(np.array([0], np.int64)), g.const(np.array([0], np.int64))
-    first = g.op("Slice", flat, start, g.const(np.array([1], np.int64)), axis)
+    flat = g.op("Reshape", reference, g.ints(-1))
+    start = axis = g.ints(0)
+    first = g.op("Slice", flat, start, g.ints(1), axis)
     probe = np.append(found, dtype.type(-0.0))
     divided = g.op("Div", g.op("Concat", g.const(probe), first, axis=0), g.scalar(keep, dtype))
-    head = g.op("Slice", divided, start, g.const(np.array([len(probe)], np.int64)), axis)
+    head = g.op("Slice", divided, start, g.ints(len(probe)), axis)
     inverse = g.op("Div", g.scalar(1.0, dtype), head)  # -inf for the -0.0 probe only
     with np.errstate(divide="ignore"):
         expected = np.append(found / keep, dtype.type(1) / dtype.type(-0.0))

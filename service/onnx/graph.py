@@ -27,8 +27,8 @@ Why it is built so (measured with onnx 1.23 and onnxruntime 1.32 on Linux):
   output): onnxruntime deletes a Dropout whose mask is unused, at every optimization level.
 - Kept values are ``X / keep``, not Dropout's own ``x * mask / (1 - ratio)``, which rounds
   differently; the ``Where`` gives +0.0 where X is NaN or inf, as Keras 3 and the kernel do,
-  and keeps a kept -0.0 negative (see ``_masked``). For float16 the division runs in float32
-  between two Casts, as the kernel's does: one rounding.
+  and keeps a kept -0.0 negative (see ``_training_branch``). For float16 the division runs
+  in float32 between two Casts, as the kernel's does: one rounding.
 - In inference mode the ``If`` answers X itself and draws nothing, so inference runs leave
   onnxruntime's Dropout stream where it was.
 - When ``float32(rate)`` is 1 the training branch is zeros and an all-false mask, with no
@@ -71,8 +71,6 @@ REFUSED_DTYPES: Final[dict[str, str]] = {
 }
 #: The graph input that switches training on (shared by every layer a model composes).
 TRAINING_MODE: Final = "training_mode"
-#: The keep mask computed by a portable graph, before the training branch outputs it.
-MASK_NODE: Final = "stream_mask"
 #: The training branch's keep mask: the serving variant feeds it in place of the draws.
 MASK_OUTPUT: Final = "mask_train"
 
@@ -185,8 +183,7 @@ def _training_branch(spec: GraphSpec, mask_shape: str) -> onnx.GraphProto:
     x = g.op("Cast", "X", output="x_wide", to=TensorProto.FLOAT) if wide else "X"
     keep_in = np.float32(keep) if wide else cast("np.floating[Any]", dtype.type(keep))
     if spec.mask == "portable":
-        stream.keep_mask(g, mask_shape, spec.stream_seed, config.rate, MASK_NODE)
-        g.op("Identity", MASK_NODE, output=MASK_OUTPUT)
+        stream.keep_mask(g, mask_shape, spec.stream_seed, config.rate, MASK_OUTPUT)
         scaled = division.quotient(g, x, keep_in, reference=x)
     else:
         g.nodes.append(_filled(mask_shape, "ones", TensorProto.FLOAT, 1.0))

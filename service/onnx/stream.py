@@ -76,14 +76,15 @@ def keep_mask(g: GraphBuilder, mask_shape: str, stream_seed: int, rate: float, o
     size = g.op("ReduceProd", mask_shape, keepdims=1)  # [1], int64
     rows2 = _rows(g, size, _ROW * _ROW)
     rows = _rows(g, size, _ROW)
-    zero, axis0 = g.const(np.array([0], np.int64)), g.const(np.array([0], np.int64))
-    axis1, row = g.const(np.array([1], np.int64)), g.const(np.array([_ROW], np.int64))
-    flat, column = g.const(np.array([-1], np.int64)), g.const(np.array([-1, 1], np.int64))
+    zero = axis0 = g.ints(0)
+    axis1, row = g.ints(1), g.ints(_ROW)
+    flat, column = g.ints(-1), g.ints(-1, 1)
 
     # A flattened [r, c] product numbers its draws r * c + j: right when c is a whole row of
     # 2048, or when only the first row is kept, which is the case whenever c is cut shorter.
-    row0_used = _each(g, row0, lambda limb: g.op("Slice", limb, zero, _least(g, size, row), axis1))
-    row1_used = _each(g, row1, lambda limb: g.op("Slice", limb, zero, _least(g, rows, row), axis1))
+    columns0, columns1 = g.op("Min", size, row), g.op("Min", rows, row)
+    row0_used = _each(g, row0, lambda limb: g.op("Slice", limb, zero, columns0, axis1))
+    row1_used = _each(g, row1, lambda limb: g.op("Slice", limb, zero, columns1, axis1))
     column2_used = _each(g, column2, lambda limb: g.op("Slice", limb, zero, rows2, axis0))
     high = _modmul(g, column2_used, row1_used)  # [rows2, <=2048]: a**(2**11 (2048 j2 + j1))
     high_column = _each(
@@ -113,10 +114,6 @@ def _rows(g: GraphBuilder, size: str, per_row: int) -> str:
     """``ceil(size / per_row)``, or one more (see ``_SLACK``), as an int64 [1]."""
     padded = g.add(size, g.scalar(per_row - 1 + _SLACK, np.int64))
     return g.op("Div", padded, g.scalar(per_row, np.int64))
-
-
-def _least(g: GraphBuilder, count: str, bound: str) -> str:
-    return g.op("Min", count, bound)
 
 
 def _split(g: GraphBuilder, value: str, bits: int) -> tuple[str, str]:

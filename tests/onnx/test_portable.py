@@ -8,6 +8,7 @@ the README), so it runs float16 and float32 here.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -18,11 +19,11 @@ from numpy.typing import NDArray
 from service.compose.validate import nodes
 from service.core import kernel, rng
 from service.core.config import DropoutConfig, Kind
-from service.layers.resolve import ResolvedSpec
 from service.onnx.export import export_layer
 from service.onnx.graph import GraphSpec, build_model
 from tests.onnx import runtimes
 from tests.onnx.conftest import RUNTIMES, loader
+from tests.onnx.torch_models import spec
 from tests.structures import CF, CL, STRUCTURES
 
 #: Rates: the identity, all dropped, a power-of-two keep (a plain Div everywhere), rates
@@ -183,17 +184,7 @@ def test_the_keep_threshold_is_exact_at_its_boundary(load: runtimes.Loader, rate
 
 
 def test_an_export_has_no_random_operator_and_a_plain_training_mode() -> None:
-    layer = ResolvedSpec(
-        kind=Kind.SPATIAL_2D,
-        rate=0.3,
-        data_format=CL,
-        batch_size=None,
-        name="sd",
-        trainable=True,
-        seed=7,
-        dtype=None,
-        noise_shape=None,
-    )
+    layer = replace(spec(rate=0.3, data_format=CL), seed=7)
     model = export_layer(layer, mask="portable")
     assert not {node.op_type for node in nodes(model)} & RANDOM_OPS
     assert "training_mode" not in {t.name for t in model.graph.initializer}
