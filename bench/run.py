@@ -10,7 +10,7 @@ markdown table, ready to paste into the README.
     python -m bench.run --only kernel,rss --repeat 9
 
 Sections (``--only``/``--skip``): kernel, http, modes, json, small, rss, workers, montecarlo,
-portable, grpc.
+portable, statistics, grpc.
 Every server is a child process bound to 127.0.0.1, stopped at the end, on Ctrl-C and on errors.
 """
 

@@ -25,16 +25,14 @@ from service.core import kernel
 from service.core.config import DataFormat, DropoutConfig
 from service.core.dtypes import V2_DATATYPES
 from service.inference import (
-    MEAN_SUFFIX,
     MODEL_VERSION,
     PLATFORM,
-    VARIANCE_SUFFIX,
+    InferParameters,
     InferRequest,
     InferResult,
     ModelMetadata,
     Parameter,
     TensorMetadata,
-    mc_statistics,
 )
 from service.layers.resolve import ResolvedSpec, dropout_config, resolve_body
 from service.layers.signature import signature
@@ -46,6 +44,7 @@ from service.params import DEFAULT_MASK, Engine, MaskForm
 from service.settings import Settings
 from service.store import LayerStore, open_store
 from service.store.cache import CachingLayerStore
+from service.uncertainty import Statistics, answer_plan, sample_statistics, statistics_of
 
 _T = TypeVar("_T")
 
@@ -336,12 +335,14 @@ class DataPlane:
         return await run_in_threadpool(self.infer_model, served, request)
 
     def infer_model(self, ref: ModelRef, request: InferRequest) -> InferResult:
-        """A stored ONNX model: in inference mode, a training call, or T Monte Carlo samples."""
+        """A stored ONNX model: in inference mode, a training call, T Monte Carlo samples, or
+        their statistics."""
         params = request.parameters
         samples = params.mc_samples
+        stats = _statistics(params)
         if samples is not None and samples > self.limits.max_mc_samples:
             raise errors.TooManyMcSamples(samples, self.limits.max_mc_samples)
-        if params.mc_statistics and samples is None:
+        if stats is not None and samples is None:
             raise errors.InvalidInferRequest("mc_statistics needs mc_samples.")
         runner = self.runner(ref)
         training = params.training or samples is not None
@@ -350,37 +351,65 @@ class DataPlane:
                 ref.name, "training and mc_samples draw the inserted layers' masks"
             )
         seed = choose_seed(params.seed, runner.default_seed()) if training else 0
-        produced = runner.run(
-            request.inputs,
-            training=training,
-            seed=seed,
-            sample_offset=params.sample_offset,
-            samples=samples,
-            max_elements=self.limits.max_tensor_elements,
-        )
-        if params.mc_statistics:
-            stats: dict[str, NDArray[Any]] = {}
-            for out, values in produced.items():
-                stats[out + MEAN_SUFFIX], stats[out + VARIANCE_SUFFIX] = mc_statistics(values)
-            produced = stats
-        wanted = request.outputs or tuple(produced)
-        unknown = [out for out in wanted if out not in produced]
-        if unknown:
-            raise errors.InvalidInferRequest(
-                f"Unknown output {unknown[0]!r}; model {ref.name!r} answers {', '.join(produced)}."
-            )
         answered: dict[str, Parameter] = {"training": training}
         if training:
             answered["seed"] = seed
         if samples is not None:
             answered["mc_samples"] = samples
+        if stats is not None and samples is not None:
+            outputs, used = self._statistics(runner, request, stats, seed, samples)
+            answered["mc_samples_used"] = used
+        else:
+            produced = runner.run(
+                request.inputs,
+                training=training,
+                seed=seed,
+                sample_offset=params.sample_offset,
+                samples=samples,
+                max_elements=self.limits.max_tensor_elements,
+            )
+            wanted = request.outputs or tuple(produced)
+            unknown = [out for out in wanted if out not in produced]
+            if unknown:
+                raise errors.InvalidInferRequest(
+                    f"Unknown output {unknown[0]!r}; model {ref.name!r} answers "
+                    f"{', '.join(produced)}."
+                )
+            outputs = {out: produced[out] for out in wanted}
         return InferResult(
             model_name=ref.name,
             model_version=MODEL_VERSION,
             request_id=request.request_id,
             parameters=answered,
-            outputs={out: produced[out] for out in wanted},
+            outputs=outputs,
         )
+
+    def _statistics(
+        self, runner: Runner, request: InferRequest, stats: Statistics, seed: int, ceiling: int
+    ) -> tuple[dict[str, NDArray[Any]], int]:
+        """The statistics a request asks of a model's outputs, and the samples they took."""
+        plan = answer_plan([o.name for o in runner.info.outputs], request.outputs, stats.names)
+        wanted: dict[str, tuple[str, ...]] = {}
+        for out, name in plan.values():
+            wanted[out] = (*wanted.get(out, ()), name)
+        feeds = runner.feeds(request.inputs)
+        held = ceiling if "quantiles" in stats.names else 1
+        runner.check_size(feeds, max(held, len(stats.quantiles)), self.limits.max_tensor_elements)
+        names = tuple(wanted)
+
+        def draw(first: int, count: int) -> dict[str, NDArray[Any]]:
+            return runner.samples(
+                feeds,
+                seed=seed,
+                sample_offset=request.parameters.sample_offset,
+                first=first,
+                count=count,
+                outputs=names,
+            )
+
+        sampled = sample_statistics(draw, wanted, stats, ceiling=ceiling)
+        outputs = {key: sampled.statistics[out][name] for key, (out, name) in plan.items()}
+        return outputs, sampled.samples_used
 
     def infer_layer(self, layer: Layer, request: InferRequest) -> InferResult:
         """A layer as a model: one input, outputs ``output`` and (when asked) ``mask``.
@@ -398,7 +427,7 @@ class DataPlane:
                     f"Unknown output {out!r}; a layer model has outputs {', '.join(LAYER_OUTPUTS)}."
                 )
         params = request.parameters
-        if params.mc_samples is not None or params.mc_statistics:
+        if params.mc_samples is not None or _statistics(params) is not None:
             raise errors.InvalidInferRequest(
                 f"{layer.name!r} is a layer: mc_samples and mc_statistics apply to models."
             )
@@ -489,3 +518,15 @@ class DataPlane:
             )
         telemetry.record_tensors(x.nbytes, result.output.nbytes)
         return Applied(result.output, result.mask, used, layer_name(layer), config)
+
+
+def _statistics(params: InferParameters) -> Statistics | None:
+    """The Monte Carlo statistics the parameters ask for (None: the samples themselves)."""
+    tolerance = params.mc_tolerance
+    return statistics_of(
+        params.mc_statistics,
+        class_axis=params.mc_class_axis,
+        softmax=params.mc_softmax,
+        quantiles=params.mc_quantiles,
+        tolerance=None if tolerance is None else float(tolerance),
+    )

@@ -11,11 +11,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from service.params import Engine, McSamples, SampleOffset, Seed, Training
+from service.uncertainty import STATISTICS
 
 #: A request or response parameter's value, as the protocol allows it.
 Parameter = StrictBool | StrictInt | StrictFloat | StrictStr
@@ -25,10 +25,6 @@ MODEL_VERSION: Final = "1"
 
 #: The platform every model's metadata names.
 PLATFORM: Final = "spatial-dropout"
-
-#: Suffixes of an output OUT answered with ``mc_statistics``.
-MEAN_SUFFIX: Final = "_mean"
-VARIANCE_SUFFIX: Final = "_variance"
 
 
 class InferParameters(BaseModel):
@@ -51,10 +47,29 @@ class InferParameters(BaseModel):
         "output gains a leading axis of T; sample t is the training call with seed + t*K, K "
         "the number of inserted layers.",
     )
-    mc_statistics: StrictBool = Field(
+    mc_statistics: StrictBool | StrictStr = Field(
         default=False,
-        description="With mc_samples: each output OUT comes back as OUT_mean and OUT_variance "
-        "(population variance over the T samples) instead.",
+        description="With mc_samples: true, each output OUT comes back as OUT_mean and "
+        "OUT_variance (population variance over the T samples); or a comma-separated list of "
+        "statistics, each answered as OUT_<name>: " + ", ".join(STATISTICS) + ".",
+    )
+    mc_class_axis: StrictInt = Field(
+        default=-1, description="The class axis of each output, for the class statistics."
+    )
+    mc_softmax: StrictBool = Field(
+        default=False,
+        description="Softmax each pass's output along the class axis first (it holds logits); "
+        "false: it holds probabilities already.",
+    )
+    mc_quantiles: StrictStr | None = Field(
+        default=None,
+        description='Quantile levels for the statistic quantiles, comma-separated ("0.05,0.95").',
+    )
+    mc_tolerance: StrictFloat | StrictInt | None = Field(
+        default=None,
+        description="Adaptive sampling: stop once the largest Monte Carlo standard error of the "
+        "mean, over every element of the outputs asked for, is at most this (checked every 8 "
+        "samples); mc_samples is the ceiling. The answer says mc_samples_used.",
     )
     binary_data_output: StrictBool = Field(
         default=False, description="Answer every output as binary data (unless it says)."
@@ -125,13 +140,3 @@ class ModelMetadata:
             "inputs": [t.as_dict() for t in self.inputs],
             "outputs": [t.as_dict() for t in self.outputs],
         }
-
-
-def mc_statistics(samples: NDArray[Any]) -> tuple[NDArray[Any], NDArray[Any]]:
-    """The mean and population variance over the leading (sample) axis, in the samples'
-    dtype, computed in float64 where the dtype is narrower (numpy's ``mean``/``var`` with
-    ``dtype=float64`` then cast: the same figures a client gets from the samples)."""
-    wide = samples.astype(np.float64, copy=False)
-    mean = wide.mean(axis=0)
-    variance = wide.var(axis=0)
-    return mean.astype(samples.dtype), variance.astype(samples.dtype)

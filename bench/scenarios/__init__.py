@@ -15,6 +15,7 @@ from bench.scenarios import (
     portable,
     rss,
     small,
+    statistics,
     workers,
 )
 from bench.stats import Row
@@ -30,5 +31,6 @@ SCENARIOS: dict[str, Callable[[Context], list[Row]]] = {
     "workers": workers.run,
     "montecarlo": monte_carlo.run,
     "portable": portable.run,
+    "statistics": statistics.run,
     "grpc": grpc.run,
 }

@@ -26,7 +26,7 @@ from service.core import kernel
 from service.core.config import DataFormat
 
 
-def _reset_peak(pid: int) -> bool:
+def reset_peak(pid: int) -> bool:
     """Reset VmHWM to the current RSS (``echo 5 > clear_refs``, Linux 4.0+)."""
     try:
         Path(f"/proc/{pid}/clear_refs").write_text("5")
@@ -58,7 +58,7 @@ def run(ctx: Context) -> list[Row]:
                     http.request("POST", target, small, {"Content-Type": NPY})
             time.sleep(0.2)
             rss = status_kib(server.pid, "VmRSS")
-            resettable = _reset_peak(server.pid)
+            resettable = reset_peak(server.pid)
             if not resettable:
                 log("cannot reset VmHWM: the peak may include start-up; a fresh server per run")
             with HttpConn(HOST, server.port) as http:

@@ -127,6 +127,12 @@ class Inferred:
         seed = self.parameters.get("seed")
         return seed if isinstance(seed, int) else None
 
+    @property
+    def samples_used(self) -> int | None:
+        """How many Monte Carlo samples the statistics are over (None: no statistics)."""
+        used = self.parameters.get("mc_samples_used")
+        return used if isinstance(used, int) else None
+
 
 def _json_body(value: Any) -> tuple[bytes, dict[str, str]]:
     return orjson.dumps(value), {"content-type": JSON}
@@ -283,9 +289,13 @@ def infer(
     seed: int | None,
     sample_offset: int | None,
     mc_samples: int | None,
-    mc_statistics: bool,
-    engine: Engine | None,
-    outputs: Sequence[str] | None,
+    mc_statistics: bool | str | Sequence[str],
+    mc_class_axis: int | None = None,
+    mc_softmax: bool | None = None,
+    mc_quantiles: Sequence[float] | None = None,
+    mc_tolerance: float | None = None,
+    engine: Engine | None = None,
+    outputs: Sequence[str] | None = None,
 ) -> Call[Inferred]:
     parameters: dict[str, Any] = {
         key: value
@@ -294,12 +304,20 @@ def infer(
             ("seed", seed),
             ("sample_offset", sample_offset),
             ("mc_samples", mc_samples),
+            ("mc_class_axis", mc_class_axis),
+            ("mc_softmax", mc_softmax),
+            ("mc_tolerance", mc_tolerance),
             ("engine", engine),
         )
         if value is not None
     }
     if mc_statistics:
-        parameters["mc_statistics"] = True
+        # V2 parameter values are scalars: a list of statistics travels comma-separated.
+        parameters["mc_statistics"] = (
+            mc_statistics if isinstance(mc_statistics, bool | str) else ",".join(mc_statistics)
+        )
+    if mc_quantiles is not None:
+        parameters["mc_quantiles"] = ",".join(repr(float(level)) for level in mc_quantiles)
     content, size = v2_body(inputs, parameters, outputs)
 
     def parse(response: httpx.Response) -> Inferred:

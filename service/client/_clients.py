@@ -246,15 +246,23 @@ class Client:
         seed: int | None = None,
         sample_offset: int | None = None,
         mc_samples: int | None = None,
-        mc_statistics: bool = False,
+        mc_statistics: bool | str | Sequence[str] = False,
+        mc_class_axis: int | None = None,
+        mc_softmax: bool | None = None,
+        mc_quantiles: Sequence[float] | None = None,
+        mc_tolerance: float | None = None,
         engine: Engine | None = None,
         outputs: Sequence[str] | None = None,
     ) -> Inferred:
         """Run a model (or a layer) over ``/v2``, tensors in the binary extension.
 
         ``mc_samples=T``: Monte Carlo dropout, every output gaining a leading axis of T
-        (sample t is the training call with seed + t*K); with ``mc_statistics``, OUT_mean and
-        OUT_variance instead. ``outputs`` picks outputs by name (default: all)."""
+        (sample t is the training call with seed + t*K). ``mc_statistics`` answers statistics
+        of the samples instead: True for OUT_mean and OUT_variance, or names (``["mean",
+        "mutual_information"]``), each as OUT_<name>; ``mc_softmax``, ``mc_class_axis`` and
+        ``mc_quantiles`` shape them, and ``mc_tolerance`` stops sampling once every standard
+        error of the mean is within it (``Inferred.samples_used`` says when). ``outputs``
+        picks outputs by name (default: all)."""
         return self.send(
             _calls.infer(
                 model,
@@ -264,6 +272,10 @@ class Client:
                 sample_offset=sample_offset,
                 mc_samples=mc_samples,
                 mc_statistics=mc_statistics,
+                mc_class_axis=mc_class_axis,
+                mc_softmax=mc_softmax,
+                mc_quantiles=mc_quantiles,
+                mc_tolerance=mc_tolerance,
                 engine=engine,
                 outputs=outputs,
             )
@@ -431,7 +443,11 @@ class AsyncClient:
         seed: int | None = None,
         sample_offset: int | None = None,
         mc_samples: int | None = None,
-        mc_statistics: bool = False,
+        mc_statistics: bool | str | Sequence[str] = False,
+        mc_class_axis: int | None = None,
+        mc_softmax: bool | None = None,
+        mc_quantiles: Sequence[float] | None = None,
+        mc_tolerance: float | None = None,
         engine: Engine | None = None,
         outputs: Sequence[str] | None = None,
     ) -> Inferred:
@@ -445,6 +461,10 @@ class AsyncClient:
                 sample_offset=sample_offset,
                 mc_samples=mc_samples,
                 mc_statistics=mc_statistics,
+                mc_class_axis=mc_class_axis,
+                mc_softmax=mc_softmax,
+                mc_quantiles=mc_quantiles,
+                mc_tolerance=mc_tolerance,
                 engine=engine,
                 outputs=outputs,
             )

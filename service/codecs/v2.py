@@ -74,8 +74,8 @@ class V2RequestedOutput(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     name: str = Field(
-        description="An output of the model (a layer model: output, mask; with "
-        "mc_statistics: OUT_mean, OUT_variance)."
+        description="An output of the model (a layer model: output, mask). With mc_statistics: "
+        "a statistic OUT_<name> (OUT_mean), or an output OUT for each statistic of it."
     )
     parameters: dict[str, Parameter] | None = None
 

@@ -256,6 +256,19 @@ class Runner:
                     f"Input {name!r} is {array.dtype}, but the model takes {want}."
                 )
 
+    def feeds(self, inputs: Mapping[str, NDArray[Any]]) -> dict[str, NDArray[Any]]:
+        """The inputs checked against the model's and made contiguous in its dtypes."""
+        self.check_inputs(inputs)
+        return {
+            name: np.ascontiguousarray(a, dtype=self._dtypes[name]) for name, a in inputs.items()
+        }
+
+    def check_size(
+        self, feeds: Mapping[str, NDArray[Any]], samples: int, max_elements: int
+    ) -> None:
+        """AnswerTooLarge unless ``samples`` passes at once fit the element bound."""
+        _check_answer(feeds, samples, self.info.outputs, max_elements)
+
     def run(
         self,
         inputs: Mapping[str, NDArray[Any]],
@@ -267,26 +280,42 @@ class Runner:
         max_elements: int,
     ) -> dict[str, NDArray[Any]]:
         """The model's outputs; with ``samples`` T, each with a leading axis of T."""
-        self.check_inputs(inputs)
-        feeds = {
-            name: np.ascontiguousarray(a, dtype=self._dtypes[name]) for name, a in inputs.items()
-        }
-        count = 1 if samples is None else samples
-        _check_answer(feeds, count, self.info.outputs, max_elements)
+        feeds = self.feeds(inputs)
+        self.check_size(feeds, 1 if samples is None else samples, max_elements)
         if not training and samples is None:
             return self._run(feeds, None, training=False)
-        batch = _batch(feeds)
         if samples is None:
+            batch = _batch(feeds)
             return self._run(feeds, self._masks(feeds, [seed], sample_offset, batch), training=True)
-        seeds = [(seed + t * self.layer_count) % _U64 for t in range(samples)]
+        return self.samples(feeds, seed=seed, sample_offset=sample_offset, first=0, count=samples)
+
+    def samples(
+        self,
+        feeds: Mapping[str, NDArray[Any]],
+        *,
+        seed: int,
+        sample_offset: int,
+        first: int,
+        count: int,
+        outputs: Sequence[str] | None = None,
+    ) -> dict[str, NDArray[Any]]:
+        """Monte Carlo samples ``first`` to ``first + count - 1`` of ``outputs`` (default:
+        all), each with a leading axis of ``count``; sample t draws ``seed + t*K``."""
+        batch = _batch(feeds)
+        seeds = [(seed + t * self.layer_count) % _U64 for t in range(first, first + count)]
         if self._free_batch and batch is not None:
-            stacked = {name: np.concatenate([a] * samples, axis=0) for name, a in feeds.items()}
+            stacked = {name: np.concatenate([a] * count, axis=0) for name, a in feeds.items()}
             masks = self._masks(feeds, seeds, sample_offset, batch)
-            outs = self._run(stacked, masks, training=True)
-            if all(o.ndim and o.shape[0] == samples * batch for o in outs.values()):
-                return {k: o.reshape(samples, batch, *o.shape[1:]) for k, o in outs.items()}
+            outs = self._run(stacked, masks, training=True, outputs=outputs)
+            if all(o.ndim and o.shape[0] == count * batch for o in outs.values()):
+                return {k: o.reshape(count, batch, *o.shape[1:]) for k, o in outs.items()}
         runs = [
-            self._run(feeds, self._masks(feeds, [s], sample_offset, batch), training=True)
+            self._run(
+                feeds,
+                self._masks(feeds, [s], sample_offset, batch),
+                training=True,
+                outputs=outputs,
+            )
             for s in seeds
         ]
         return {name: np.stack([r[name] for r in runs]) for name in runs[0]}
@@ -368,6 +397,7 @@ class Runner:
         masks: Mapping[str, NDArray[np.bool_]] | None,
         *,
         training: bool,
+        outputs: Sequence[str] | None = None,
     ) -> dict[str, NDArray[Any]]:
         full: dict[str, NDArray[Any]] = dict(feeds)
         for insertion in self.insertions:
@@ -378,7 +408,7 @@ class Runner:
                 )
         if self.insertions:
             full[TRAINING_MODE] = np.array(training)
-        names = [o.name for o in self.info.outputs]
+        names = list(outputs) if outputs is not None else [o.name for o in self.info.outputs]
         try:
             values = self._session.run(names, full)
         except Exception as exc:  # onnxruntime raises its own types for bad shapes

@@ -75,6 +75,39 @@ def test_monte_carlo_statistics_are_the_rest_answer(served: tuple[Server, str]) 
     assert got == {n: by_http.as_numpy(n).tobytes() for n in got}
 
 
+def test_named_statistics_and_adaptive_sampling_are_the_rest_answer(
+    served: tuple[Server, str],
+) -> None:
+    server, name = served
+    asked = {
+        "mc_samples": 16,
+        "seed": 7,
+        "mc_statistics": "mean,sem,quantiles,mutual_information,variation_ratio",
+        "mc_softmax": True,
+        "mc_class_axis": -1,
+        "mc_quantiles": "0.1,0.9",
+        "mc_tolerance": 0.2,
+    }
+    g = triton.InferenceServerClient(server.grpc_target)
+    inp = triton.InferInput("image", list(images(2).shape), "FP32")
+    inp.set_data_from_numpy(images(2))
+    wanted = [triton.InferRequestedOutput("logits")]
+    by_grpc = g.infer(name, [inp], parameters=asked, outputs=wanted)
+    h = triton_http.InferenceServerClient(server.url.removeprefix("http://"))
+    hinp = triton_http.InferInput("image", list(images(2).shape), "FP32")
+    hinp.set_data_from_numpy(images(2))
+    by_http = h.infer(
+        name, [hinp], parameters=asked, outputs=[triton_http.InferRequestedOutput("logits")]
+    )
+    got = outputs_of(by_grpc)
+    assert set(got) == {f"logits_{n}" for n in str(asked["mc_statistics"]).split(",")}
+    assert got == {n: by_http.as_numpy(n).tobytes() for n in got}
+    params = by_grpc.get_response().parameters
+    used = params["mc_samples_used"].int64_param
+    assert used == by_http.get_response()["parameters"]["mc_samples_used"] == 8
+    assert by_grpc.as_numpy("logits_quantiles").shape == (2, 2, 5)
+
+
 def test_a_training_call_and_metadata(served: tuple[Server, str]) -> None:
     server, name = served
     by_grpc, by_http = both(server, name, images(2), training=True, seed=3)
