@@ -334,6 +334,32 @@ def test_compose_models_and_monte_carlo_agree_with_raw_http(sd: Client, raw: htt
             assert got.outputs[out].tobytes() == array.tobytes(), (parameters, out)
     picked = sd.infer(name, {"image": x}, mc_samples=2, seed=1, outputs=["logits"])
     assert list(picked.outputs) == ["logits"] and picked.outputs["logits"].shape == (2, 3, 5)
+    # Lists travel comma-separated, as V2 parameter values are scalars.
+    listed = sd.infer(
+        name,
+        {"image": x},
+        mc_samples=16,
+        seed=3,
+        mc_statistics=["quantiles", "entropy"],
+        mc_quantiles=[0.25, 0.75],
+        mc_softmax=True,
+        mc_tolerance=0.5,
+        outputs=["logits"],
+    )
+    want, used = raw_infer(
+        raw,
+        name,
+        x,
+        mc_samples=16,
+        seed=3,
+        mc_statistics="quantiles,entropy",
+        mc_quantiles="0.25,0.75",
+        mc_softmax=True,
+        mc_tolerance=0.5,
+    )
+    assert listed.samples_used == used["mc_samples_used"] == 8
+    assert listed.outputs["logits_quantiles"].tobytes() == want["logits_quantiles"].tobytes()
+    assert listed.outputs["logits_entropy"].tobytes() == want["logits_entropy"].tobytes()
 
     sd.delete_model(name)
     with pytest.raises(ModelNotFound):
