@@ -243,6 +243,16 @@ class StoreUnavailable(ServiceError):
         return {"Retry-After": str(self.retry_after)}
 
 
+class Draining(ServiceError):
+    status, code, title = 503, "draining", "Shutting down"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"Not ready: this replica was told to stop and serves for at most {seconds:g} s "
+            "more; send new requests to another."
+        )
+
+
 class StoreFull(ServiceError):
     status, code, title = 507, "insufficient_storage", "Store is out of space"
 

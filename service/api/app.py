@@ -23,6 +23,7 @@ from service.api.routes.compose import router as compose_router
 from service.api.routes.models import router as models_router
 from service.api.routing import HotRoutes
 from service.dataplane import DataPlane
+from service.drain import Drain
 from service.settings import Settings
 
 
@@ -39,7 +40,11 @@ def create_app(settings: Settings | None = None, *, grpc: bool = False) -> FastA
             if grpc and settings.grpc_port:
                 from service.grpc.server import start_server
 
-                server = await start_server(app.state.plane, app.state.metrics, settings)
+                server = await start_server(
+                    app.state.plane, app.state.metrics, settings, app.state.drain
+                )
+            if grpc:  # the served app: SIGTERM drains first
+                app.state.drain.install()
             # What startup made (modules, schemas, sessions) lives as long as the process: out
             # of the collector's sight, a full collection no longer walks it, and no longer
             # stalls every request in flight for tens of milliseconds.
@@ -69,6 +74,7 @@ def create_app(settings: Settings | None = None, *, grpc: bool = False) -> FastA
     )
     app.state.settings = settings
     app.state.metrics = Metrics()
+    app.state.drain = Drain(settings.drain_seconds)
     hot = [*apply.ROUTES, *v2.INFER_ROUTES]
     inline_routes = [
         inline.Route(method, route.path, route.path_regex, route.inline)

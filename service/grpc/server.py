@@ -27,6 +27,7 @@ from service.api import logs
 from service.api.auth import TokenCheck
 from service.api.metrics import Metrics
 from service.dataplane import DataPlane
+from service.drain import Drain
 from service.errors import ServiceError
 from service.grpc import codec
 from service.grpc.proto import inference_pb2 as pb
@@ -98,8 +99,11 @@ class _Rpc:
 class Services:
     """The handlers of both services, over one data plane."""
 
-    def __init__(self, plane: DataPlane, metrics: Metrics, settings: Settings) -> None:
+    def __init__(
+        self, plane: DataPlane, metrics: Metrics, settings: Settings, drain: Drain | None = None
+    ) -> None:
         self.plane = plane
+        self.drain = drain
         self.metrics = metrics
         tokens = settings.tokens()
         self._tokens = TokenCheck(tokens) if tokens else None
@@ -146,6 +150,9 @@ class Services:
         return _bytes(pb.ServerLiveResponse(live=True))
 
     async def _store_answers(self) -> bool:
+        """Whether this replica takes new calls: not stopping, and its store answers."""
+        if self.drain is not None and self.drain.draining:
+            return False
         try:
             await run_in_threadpool(self.plane.store.ping)
         except ServiceError:
@@ -238,10 +245,13 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     ]
 
 
-async def start_server(plane: DataPlane, metrics: Metrics, settings: Settings) -> grpc.aio.Server:
-    """A started gRPC server on ``settings.host``:``settings.grpc_port``."""
+async def start_server(
+    plane: DataPlane, metrics: Metrics, settings: Settings, drain: Drain | None = None
+) -> grpc.aio.Server:
+    """A started gRPC server on ``settings.host``:``settings.grpc_port``; while ``drain``
+    says so, its health check answers NOT_SERVING."""
     server = grpc.aio.server(options=server_options(settings))
-    server.add_generic_rpc_handlers(Services(plane, metrics, settings).handlers())
+    server.add_generic_rpc_handlers(Services(plane, metrics, settings, drain).handlers())
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     address = f"{host}:{settings.grpc_port}"
     if server.add_insecure_port(address) == 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from service import errors
 from service.api.deps import StoreDep
@@ -29,16 +29,19 @@ def healthz() -> dict[str, Any]:
 
 @router.get(
     "/readyz",
-    summary="Readiness: the layer store answers",
+    summary="Readiness: the layer store answers, and the replica is not stopping",
     responses={
         200: {
             "description": "Ready",
             "content": {"application/json": {"example": {"status": "ready", "layers": 3}}},
         },
-        **problems(errors.StoreUnavailable),
+        **problems(errors.StoreUnavailable, errors.Draining),
     },
 )
-def readyz(store: StoreDep) -> dict[str, Any]:
+def readyz(request: Request, store: StoreDep) -> dict[str, Any]:
+    drain = request.app.state.drain
+    if drain.draining:
+        raise errors.Draining(drain.seconds)
     try:
         store.ping()
         count = store.count()
