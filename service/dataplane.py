@@ -228,6 +228,14 @@ class DataPlane:
             return await self.layer(name)
         except errors.LayerNotFound:
             pass
+        except errors.StoreUnavailable:
+            if self.repository is not None and self.repository.has(name):
+                return await run_in_threadpool(self.model_ref, name)
+            held = self._layers.held_model(name)
+            if held is None:
+                raise
+            # The store is away: a model this process served goes on being served.
+            return ModelRef(name, str(held.info["sha256"]), None, held.info, held.created_at)
         return await run_in_threadpool(self.model_ref, name)
 
     def model_ref(self, name: str) -> ModelRef:

@@ -216,6 +216,37 @@ def test_a_crash_and_restart_costs_no_layer_and_recovers_within_5_s(service: Ser
     assert create(service.client, "after-crash").status_code == 201
 
 
+def test_a_layer_this_replica_served_keeps_answering_while_the_database_is_down(
+    service: Service,
+) -> None:
+    committed(service, "held-", 2)  # held-0 is applied before the crash, held-1 never read
+    x = {"shape": [1, 2, 2, 3], "dtype": "float32", "data": list(range(1, 13))}
+    apply = {"layer": "held-0", "training": True, "return_mask": True, "input": x}
+    before = service.client.post("/apply", json=apply)
+    infer = {
+        "inputs": [
+            {"name": "input", "shape": [1, 2, 2, 3], "datatype": "FP32", "data": list(range(1, 13))}
+        ],
+        "parameters": {"training": True},
+    }
+    infer_before = service.client.post("/v2/models/held-0/infer", json=infer)
+    assert before.status_code == 200 and infer_before.status_code == 200
+    service.pg.crash()
+    try:
+        during, took = service.timed("POST", "/apply", json=apply)
+        infer_during = service.client.post("/v2/models/held-0/infer", json=infer)
+        never_read, never_took = service.timed("POST", "/apply", json={**apply, "layer": "held-1"})
+        ready, _ = service.timed("GET", "/readyz")
+    finally:
+        service.ready_after_boot()
+    assert during.status_code == 200 and during.json() == before.json()
+    assert took < TIMEOUT_S + MARGIN_S
+    assert infer_during.status_code == 200
+    assert infer_during.json()["outputs"] == infer_before.json()["outputs"]
+    assert_unavailable(never_read, never_took)
+    assert ready.status_code == 503  # not ready all the same: a balancer routes around it
+
+
 def outage(service: Service, seconds: float) -> tuple[list[float], list[str]]:
     """Requests while the database is down: the answer times, the names of refused creates."""
     refused: list[str] = []
