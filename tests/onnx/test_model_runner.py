@@ -63,9 +63,9 @@ def test_the_batched_monte_carlo_run_equals_one_run_per_sample(
     feeds: list[dict[str, Any]] = []
     original = runner._run
 
-    def counted(full: Any, masks: Any, *, training: bool) -> dict[str, Any]:
+    def counted(full: Any, masks: Any, *, training: bool, outputs: Any = None) -> dict[str, Any]:
         feeds.append(dict(full))
-        return original(full, masks, training=training)
+        return original(full, masks, training=training, outputs=outputs)
 
     monkeypatch.setattr(runner, "_run", counted)
     batched = runner.run(x, training=True, seed=9, samples=5, **common)
