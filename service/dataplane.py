@@ -12,6 +12,7 @@ import hashlib
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, Final, TypeVar
 
@@ -209,7 +210,7 @@ class DataPlane:
         layer = self.cached_layer(ref)
         if layer is not None:
             return layer
-        return await run_in_threadpool(self._layers.get, ref)
+        return await run_in_threadpool(partial(self._layers.get, ref, held_ok=True))
 
     async def model(self, name: str, version: str | None = None) -> Layer:
         """The stored layer the Open Inference Protocol serves as model ``name`` (at
@@ -236,15 +237,16 @@ class DataPlane:
                 raise
             # The store is away: a model this process served goes on being served.
             return ModelRef(name, str(held.info["sha256"]), None, held.info, held.created_at)
-        return await run_in_threadpool(self.model_ref, name)
+        return await run_in_threadpool(partial(self.model_ref, name, held_ok=True))
 
-    def model_ref(self, name: str) -> ModelRef:
-        """Model ``name`` as the store (or the repository) has it now; ModelNotFound."""
+    def model_ref(self, name: str, *, held_ok: bool = False) -> ModelRef:
+        """Model ``name`` as the store (or the repository) has it now; ModelNotFound. With
+        ``held_ok``, as this process last read it while the store does not answer."""
         if self.repository is not None:
             found = self.repository.read(name)
             if found is not None:
                 return ModelRef(name, found.sha256, found.data, read_only=True)
-        stored = self._layers.get_model(name)
+        stored = self._layers.get_model(name, held_ok=held_ok)
         return ModelRef(
             name, str(stored.info["sha256"]), None, info=stored.info, created_at=stored.created_at
         )

@@ -50,6 +50,9 @@ class PostgresServer:
     bindir: Path
     port: int = field(default_factory=free_port)
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sd-postgres-")))
+    #: Addresses it listens on (comma-separated), and who else may connect (pg_hba lines).
+    listen: str = "127.0.0.1"
+    hba: tuple[str, ...] = ()
 
     @property
     def data(self) -> Path:
@@ -65,8 +68,11 @@ class PostgresServer:
         if os.geteuid() == 0:
             shutil.chown(self.root, SUPERUSER, SUPERUSER)
         self._run("initdb", "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "--no-sync")
+        if self.hba:
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write("".join(f"{line}\n" for line in self.hba))
         options = (
-            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} "
+            f"-c listen_addresses={self.listen} -p {self.port} -k {self.root} "
             # A test server: durability buys nothing here, speed does.
             "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         )

@@ -51,12 +51,14 @@ class CachingLayerStore:
             return None
         return entry[1]
 
-    def get(self, ref: str) -> Layer:
+    def get(self, ref: str, *, held_ok: bool = False) -> Layer:
+        """The layer; with ``held_ok``, the copy this process holds while the store does not
+        answer (what serves requests; the layer routes say the store is away instead)."""
         layer = self.cached(ref)
         if layer is not None:
             return layer
         with self._lock:
-            held = self._entries.get(ref)
+            held = self._entries.get(ref) if held_ok else None
         if held is not None and self._away():
             return held[1]
         try:
@@ -88,7 +90,11 @@ class CachingLayerStore:
             self._entries.clear()
 
     def create(self, spec: ResolvedSpec) -> Layer:
-        return self.store.create(spec)
+        layer = self.store.create(spec)
+        now = time.monotonic()
+        for ref in (layer.name, layer.id):  # what this process made, it holds
+            _remember(self._lock, self._entries, ref, (now, layer))
+        return layer
 
     def list(self, limit: int, cursor: str | None = None) -> Page:
         return self.store.list(limit, cursor)
@@ -98,14 +104,17 @@ class CachingLayerStore:
 
     def put_model(self, name: str, data: bytes, info: dict[str, Any]) -> tuple[StoredModel, bool]:
         stored = self.store.put_model(name, data, info)
-        with self._lock:
-            self._models.pop(name, None)
+        model = stored[0]
+        _remember(self._lock, self._models, name, replace(model, data=None))
         return stored
 
-    def get_model(self, name: str, *, with_data: bool = False) -> StoredModel:
-        """The model, from the store; its description from memory while the store does not
-        answer, if it was read here before (its bytes never are: the session is kept)."""
-        held = None if with_data else self.held_model(name)
+    def get_model(
+        self, name: str, *, with_data: bool = False, held_ok: bool = False
+    ) -> StoredModel:
+        """The model, from the store; with ``held_ok``, its description from memory while the
+        store does not answer, if it was read here before (never its bytes: the session is
+        kept)."""
+        held = self.held_model(name) if held_ok and not with_data else None
         if held is not None and self._away():
             return held
         try:

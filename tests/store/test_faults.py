@@ -219,7 +219,7 @@ def test_a_crash_and_restart_costs_no_layer_and_recovers_within_5_s(service: Ser
 def test_a_layer_this_replica_served_keeps_answering_while_the_database_is_down(
     service: Service,
 ) -> None:
-    committed(service, "held-", 2)  # held-0 is applied before the crash, held-1 never read
+    committed(service, "held-", 1)  # made, then applied, through this replica
     x = {"shape": [1, 2, 2, 3], "dtype": "float32", "data": list(range(1, 13))}
     apply = {"layer": "held-0", "training": True, "return_mask": True, "input": x}
     before = service.client.post("/apply", json=apply)
@@ -235,7 +235,10 @@ def test_a_layer_this_replica_served_keeps_answering_while_the_database_is_down(
     try:
         during, took = service.timed("POST", "/apply", json=apply)
         infer_during = service.client.post("/v2/models/held-0/infer", json=infer)
-        never_read, never_took = service.timed("POST", "/apply", json={**apply, "layer": "held-1"})
+        # A name this replica never saw (another replica's layer, or none): it cannot tell.
+        never_read, never_took = service.timed(
+            "POST", "/apply", json={**apply, "layer": "never-seen"}
+        )
         ready, _ = service.timed("GET", "/readyz")
     finally:
         service.ready_after_boot()
@@ -267,7 +270,8 @@ def outage(service: Service, seconds: float) -> tuple[list[float], list[str]]:
         assert service.client.get("/healthz").status_code == 200
         i += 1
         time.sleep(0.2)
-    v2 = service.client.post("/v2/models/crash-0/infer", json={"inputs": []})
+    # A name this replica never served: it cannot tell what it names while the store is away.
+    v2 = service.client.post("/v2/models/never-seen/infer", json={"inputs": []})
     assert v2.status_code == 503 and v2.headers["Retry-After"] == "1" and "error" in v2.json()
     return answers, refused
 
