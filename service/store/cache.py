@@ -86,8 +86,10 @@ class CachingLayerStore:
 
     def delete(self, ref: str) -> None:
         self.store.delete(ref)
-        with self._lock:  # the layer may be cached under its id and its name: forget all
-            self._entries.clear()
+        with self._lock:  # the layer is held under its id and its name: forget both
+            gone = [k for k, (_, layer) in self._entries.items() if ref in (layer.id, layer.name)]
+            for key in gone:
+                del self._entries[key]
 
     def create(self, spec: ResolvedSpec) -> Layer:
         layer = self.store.create(spec)

@@ -108,11 +108,20 @@ def test_settings_from_a_configmap_secrets_from_a_secret(rendered: list[Doc]) ->
     assert set(secret["stringData"]) == SECRET_SETTINGS
 
 
-def test_the_grace_period_outlasts_the_graceful_shutdown(rendered: list[Doc]) -> None:
+def test_the_grace_period_outlasts_the_drain_and_the_graceful_shutdown(
+    rendered: list[Doc],
+) -> None:
     pod = one(rendered, "Deployment")["spec"]["template"]["spec"]
-    configured = one(rendered, "ConfigMap")["data"].get(f"{PREFIX}GRACEFUL_SHUTDOWN_SECONDS")
-    graceful = int(configured or Settings.model_fields["graceful_shutdown_seconds"].default)
-    assert pod["terminationGracePeriodSeconds"] > graceful
+    data = one(rendered, "ConfigMap")["data"]
+    graceful = int(
+        data.get(f"{PREFIX}GRACEFUL_SHUTDOWN_SECONDS")
+        or Settings.model_fields["graceful_shutdown_seconds"].default
+    )
+    drain = float(data[f"{PREFIX}DRAIN_SECONDS"])
+    probe = pod["containers"][0]["readinessProbe"]
+    # The drain outlasts the readiness probe's failing, so no request meets a closed port.
+    assert drain > probe["periodSeconds"] * probe["failureThreshold"]
+    assert pod["terminationGracePeriodSeconds"] > drain + graceful
 
 
 def test_service_budget_and_autoscaler_all_point_at_the_deployment(rendered: list[Doc]) -> None:
