@@ -13,22 +13,16 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from service.uncertainty import CLASS_STATISTICS
 from tests.api.helpers import unique
-from tests.api.test_models import composed, images, put
+from tests.api.test_models import _body, composed, images, put
 from tests.conftest import Server, client_of, serving
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="default_random_engine is libstdc++'s only"
 )
 
-CLASS_NAMES = (
-    "entropy",
-    "expected_entropy",
-    "mutual_information",
-    "variation_ratio",
-    "margin",
-    "max_probability",
-)
+CLASS_NAMES = CLASS_STATISTICS
 
 
 @pytest.fixture(scope="module")
@@ -62,17 +56,7 @@ def post(
     outputs: list[str] | None = None,
     **parameters: Any,
 ) -> httpx.Response:
-    body: dict[str, Any] = {
-        "inputs": [
-            {
-                "name": "image",
-                "shape": list(x.shape),
-                "datatype": "FP32",
-                "data": x.ravel().tolist(),
-            }
-        ],
-        "parameters": parameters,
-    }
+    body = _body(x, **parameters)
     if outputs is not None:
         body["outputs"] = [{"name": name} for name in outputs]
     return api.post(f"/v2/models/{model}/infer", json=body)

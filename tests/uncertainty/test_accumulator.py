@@ -11,19 +11,12 @@ import pytest
 from numpy.typing import NDArray
 
 from service import errors
-from service.uncertainty import Statistics, sample_statistics
+from service.uncertainty import CLASS_STATISTICS, Statistics, sample_statistics
 from service.uncertainty.accumulator import Accumulator
 from service.uncertainty.sampler import CHECK_EVERY
 
 MOMENTS = ("mean", "variance", "std", "sem")
-CLASSES = (
-    "entropy",
-    "expected_entropy",
-    "mutual_information",
-    "variation_ratio",
-    "margin",
-    "max_probability",
-)
+CLASSES = CLASS_STATISTICS
 
 
 def accumulate(samples: NDArray[Any], stats: Statistics) -> dict[str, NDArray[Any]]:
