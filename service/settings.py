@@ -82,9 +82,7 @@ class Settings(BaseSettings):
     """On SIGTERM, how long in-flight requests may still run before they are cancelled."""
 
     drain_seconds: float = Field(default=0.0, ge=0, le=3600)
-    """After SIGTERM, how long ``/readyz`` answers 503 (gRPC health NOT_SERVING) while every
-    request, new connections included, is still served, before the stop begins (0: at once).
-    Behind a balancer: longer than its health check takes to mark the replica down."""
+    """After SIGTERM, how long /readyz says 503 while every request is still served (0: none)."""
 
     database_pool_size: int = Field(default=10, ge=1)
     """Most PostgreSQL connections one worker process keeps open (SQLite ignores it)."""

@@ -95,9 +95,12 @@ def test_a_store_that_is_down_is_unavailable(tmp_path_factory: pytest.TempPathFa
             with triton.InferenceServerClient(server.grpc_target) as client:
                 assert infer(client, "sd") is not None
                 pg.stop()
-                status, message = status_of(lambda: infer(client, "sd"))
+                # What this replica served, it goes on serving; a name it never saw it cannot
+                # resolve while the store is away.
+                assert infer(client, "sd") is not None
+                status, message = status_of(lambda: infer(client, "never-seen"))
                 assert status == "StatusCode.UNAVAILABLE"
-                rest = http.post("/v2/models/sd/infer", json={})
+                rest = http.post("/v2/models/never-seen/infer", json={})
                 assert rest.status_code == 503 and message == rest.json()["error"]
                 assert client.is_server_live() and not client.is_server_ready()
             with grpc.insecure_channel(server.grpc_target) as channel:
