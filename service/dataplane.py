@@ -28,7 +28,6 @@ from service.core.dtypes import V2_DATATYPES
 from service.inference import (
     MODEL_VERSION,
     PLATFORM,
-    InferParameters,
     InferRequest,
     InferResult,
     ModelMetadata,
@@ -44,8 +43,9 @@ from service.onnx.engine import OnnxEngine
 from service.params import DEFAULT_MASK, Engine, MaskForm
 from service.settings import Settings
 from service.store import LayerStore, open_store
+from service.store.base import StoredModel
 from service.store.cache import CachingLayerStore
-from service.uncertainty import Statistics, answer_plan, sample_statistics, statistics_of
+from service.uncertainty import Statistics, answer_plan, sample_statistics
 
 _T = TypeVar("_T")
 
@@ -133,6 +133,11 @@ class ModelRef:
     info: dict[str, Any] | None = None
     created_at: str | None = None
     read_only: bool = False
+
+    @classmethod
+    def stored(cls, model: StoredModel) -> ModelRef:
+        """A model of the store, by its description (its bytes are read when needed)."""
+        return cls(model.name, str(model.info["sha256"]), None, model.info, model.created_at)
 
 
 class DataPlane:
@@ -236,7 +241,7 @@ class DataPlane:
             if held is None:
                 raise
             # The store is away: a model this process served goes on being served.
-            return ModelRef(name, str(held.info["sha256"]), None, held.info, held.created_at)
+            return ModelRef.stored(held)
         return await run_in_threadpool(partial(self.model_ref, name, held_ok=True))
 
     def model_ref(self, name: str, *, held_ok: bool = False) -> ModelRef:
@@ -246,10 +251,7 @@ class DataPlane:
             found = self.repository.read(name)
             if found is not None:
                 return ModelRef(name, found.sha256, found.data, read_only=True)
-        stored = self._layers.get_model(name, held_ok=held_ok)
-        return ModelRef(
-            name, str(stored.info["sha256"]), None, info=stored.info, created_at=stored.created_at
-        )
+        return ModelRef.stored(self._layers.get_model(name, held_ok=held_ok))
 
     def runner(self, ref: ModelRef) -> Runner:
         """The session of ``ref``'s model: cached by digest, else built from its bytes, read
@@ -299,10 +301,7 @@ class DataPlane:
         """One page of models: the stored ones oldest first, then (after the last stored page)
         the repository's, less the files that are not models."""
         page = self._layers.list_models(limit, cursor)
-        refs = [
-            ModelRef(m.name, str(m.info["sha256"]), None, info=m.info, created_at=m.created_at)
-            for m in page.models
-        ]
+        refs = [ModelRef.stored(m) for m in page.models]
         if page.next_cursor is None and self.repository is not None:
             for name in self.repository.names():
                 try:
@@ -349,7 +348,7 @@ class DataPlane:
         their statistics."""
         params = request.parameters
         samples = params.mc_samples
-        stats = _statistics(params)
+        stats = params.statistics()
         if samples is not None and samples > self.limits.max_mc_samples:
             raise errors.TooManyMcSamples(samples, self.limits.max_mc_samples)
         if stats is not None and samples is None:
@@ -367,7 +366,7 @@ class DataPlane:
         if samples is not None:
             answered["mc_samples"] = samples
         if stats is not None and samples is not None:
-            outputs, used = self._statistics(runner, request, stats, seed, samples)
+            outputs, used = self._sample_statistics(runner, request, stats, seed, samples)
             answered["mc_samples_used"] = used
         else:
             produced = runner.run(
@@ -394,7 +393,7 @@ class DataPlane:
             outputs=outputs,
         )
 
-    def _statistics(
+    def _sample_statistics(
         self, runner: Runner, request: InferRequest, stats: Statistics, seed: int, ceiling: int
     ) -> tuple[dict[str, NDArray[Any]], int]:
         """The statistics a request asks of a model's outputs, and the samples they took."""
@@ -437,7 +436,7 @@ class DataPlane:
                     f"Unknown output {out!r}; a layer model has outputs {', '.join(LAYER_OUTPUTS)}."
                 )
         params = request.parameters
-        if params.mc_samples is not None or _statistics(params) is not None:
+        if params.mc_samples is not None or params.statistics() is not None:
             raise errors.InvalidInferRequest(
                 f"{layer.name!r} is a layer: mc_samples and mc_statistics apply to models."
             )
@@ -528,15 +527,3 @@ class DataPlane:
             )
         telemetry.record_tensors(x.nbytes, result.output.nbytes)
         return Applied(result.output, result.mask, used, layer_name(layer), config)
-
-
-def _statistics(params: InferParameters) -> Statistics | None:
-    """The Monte Carlo statistics the parameters ask for (None: the samples themselves)."""
-    tolerance = params.mc_tolerance
-    return statistics_of(
-        params.mc_statistics,
-        class_axis=params.mc_class_axis,
-        softmax=params.mc_softmax,
-        quantiles=params.mc_quantiles,
-        tolerance=None if tolerance is None else float(tolerance),
-    )

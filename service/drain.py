@@ -29,14 +29,13 @@ class Drain:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self._began: float | None = None
-        self._previous: Handler | None = None
 
     @property
     def draining(self) -> bool:
         return self._began is not None
 
     def begin(self) -> None:
-        """Report not ready from now on (what SIGTERM does; tests call it directly)."""
+        """Report not ready from now on."""
         if self._began is None:
             self._began = time.monotonic()
 
@@ -48,7 +47,6 @@ class Drain:
         previous = signal.getsignal(signal.SIGTERM)
         if not callable(previous):
             return False
-        self._previous = previous
         loop = asyncio.get_running_loop()
 
         def on_sigterm(signum: int, frame: FrameType | None) -> None:

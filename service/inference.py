@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from service.params import Engine, McSamples, SampleOffset, Seed, Training
-from service.uncertainty import STATISTICS
+from service.uncertainty import STATISTICS, Statistics, statistics_of
 
 #: A request or response parameter's value, as the protocol allows it.
 Parameter = StrictBool | StrictInt | StrictFloat | StrictStr
@@ -74,6 +74,18 @@ class InferParameters(BaseModel):
     binary_data_output: StrictBool = Field(
         default=False, description="Answer every output as binary data (unless it says)."
     )
+
+    def statistics(self) -> Statistics | None:
+        """The Monte Carlo statistics these parameters ask for (None: the samples themselves);
+        InvalidInferRequest where they ask for them wrongly."""
+        tolerance = self.mc_tolerance
+        return statistics_of(
+            self.mc_statistics,
+            class_axis=self.mc_class_axis,
+            softmax=self.mc_softmax,
+            quantiles=self.mc_quantiles,
+            tolerance=None if tolerance is None else float(tolerance),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,13 +17,16 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from service.errors import LayerNotFound, ModelNotFound, StoreUnavailable
 from service.layers.resolve import ResolvedSpec
 from service.layers.spec import Layer
 from service.store.base import LayerStore, ModelPage, Page, StoredModel
+
+_T = TypeVar("_T")
 
 _MAX_ENTRIES: Final = 4096
 #: After the store failed to answer, held copies answer for this long without asking it
@@ -58,22 +61,42 @@ class CachingLayerStore:
         if layer is not None:
             return layer
         with self._lock:
-            held = self._entries.get(ref) if held_ok else None
+            entry = self._entries.get(ref) if held_ok else None
+        held = None if entry is None else entry[1]
+        return self._read(
+            lambda: self.store.get(ref),
+            held,
+            self._entries,
+            ref,
+            lambda layer: (time.monotonic(), layer),
+        )
+
+    def _read(
+        self,
+        read: Callable[[], _T],
+        held: _T | None,
+        entries: OrderedDict[str, Any],
+        key: str,
+        entry: Callable[[_T], Any],
+    ) -> _T:
+        """``read()`` from the store, remembered in ``entries`` as ``entry(value)``; or
+        ``held`` (when there is one) while the store does not answer. A ``key`` the store no
+        longer has is forgotten."""
         if held is not None and self._away():
-            return held[1]
+            return held
         try:
-            layer = self.store.get(ref)
+            value = read()
         except StoreUnavailable:
             self._away_until = time.monotonic() + _AWAY_SECONDS
             if held is None:
                 raise
-            return held[1]
-        except LayerNotFound:
+            return held
+        except (LayerNotFound, ModelNotFound):
             with self._lock:
-                self._entries.pop(ref, None)
+                entries.pop(key, None)
             raise
-        _remember(self._lock, self._entries, ref, (time.monotonic(), layer))
-        return layer
+        _remember(self._lock, entries, key, entry(value))
+        return value
 
     def _away(self) -> bool:
         """Whether the store failed to answer a moment ago."""
@@ -117,22 +140,13 @@ class CachingLayerStore:
         store does not answer, if it was read here before (never its bytes: the session is
         kept)."""
         held = self.held_model(name) if held_ok and not with_data else None
-        if held is not None and self._away():
-            return held
-        try:
-            model = self.store.get_model(name, with_data=with_data)
-        except StoreUnavailable:
-            self._away_until = time.monotonic() + _AWAY_SECONDS
-            if held is None:
-                raise
-            return held
-        except ModelNotFound:
-            with self._lock:
-                self._models.pop(name, None)
-            raise
-        described = model if model.data is None else replace(model, data=None)
-        _remember(self._lock, self._models, name, described)
-        return model
+        return self._read(
+            lambda: self.store.get_model(name, with_data=with_data),
+            held,
+            self._models,
+            name,
+            lambda model: replace(model, data=None),  # the bytes stay in the store
+        )
 
     def list_models(self, limit: int, cursor: str | None = None) -> ModelPage:
         return self.store.list_models(limit, cursor)

@@ -24,7 +24,6 @@ from service.uncertainty.statistics import CLASS_STATISTICS, Statistics
 PROBABILITY_TOLERANCE: Final = 1e-3
 
 _F64: Final = np.float64
-_ENTROPY_NEEDS: Final = frozenset({"entropy", "mutual_information"})
 _EXPECTED_NEEDS: Final = frozenset({"expected_entropy", "mutual_information"})
 _SPREAD_NEEDS: Final = frozenset({"variance", "std", "sem"})
 

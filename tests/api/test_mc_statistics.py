@@ -22,8 +22,6 @@ pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="default_random_engine is libstdc++'s only"
 )
 
-CLASS_NAMES = CLASS_STATISTICS
-
 
 @pytest.fixture(scope="module")
 def stats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
@@ -125,7 +123,7 @@ def test_class_statistics_of_logits_with_softmax(api: httpx.Client, model: str) 
         x,
         mc_samples=t,
         seed=9,
-        mc_statistics=",".join(("mean", *CLASS_NAMES)),
+        mc_statistics=",".join(("mean", *CLASS_STATISTICS)),
         mc_softmax=True,
         outputs=["logits"],
     )

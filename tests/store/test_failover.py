@@ -25,8 +25,9 @@ from typing import Any
 
 import httpx
 import pytest
-from onnx import TensorProto, helper
+from onnx import load_from_string
 
+from tests.api.test_compose import relu_model
 from tests.conftest import Server
 from tests.postgres import require_bindir
 from tests.replication import ReplicatedPostgres
@@ -39,6 +40,11 @@ MARGIN_S = 2.0  # what a loaded 2-core machine adds to it
 RECOVERED_WITHIN_S = 5.0
 OCTET = {"content-type": "application/octet-stream"}
 X = {"shape": [1, 4, 4, 3], "dtype": "float32", "data": [float(i) for i in range(48)]}
+#: Infer on the stored model, a Relu on (batch, 4, 4, 3) with the layer after it.
+INFER = {
+    "inputs": [{"name": "X", "shape": [1, 4, 4, 3], "datatype": "FP32", "data": X["data"]}],
+    "parameters": {"training": True, "seed": 5},
+}
 
 
 @dataclass(frozen=True)
@@ -59,18 +65,6 @@ class Outcome:
     @property
     def unsure(self) -> bool:
         return self.status == 503 and "may or may not" in self.detail
-
-
-def tiny_model() -> bytes:
-    shape: list[int | str] = ["batch", 4, 4, 3]
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["image"], ["features"])],
-        "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, shape)],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, shape)],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    return model.SerializeToString()
 
 
 @pytest.fixture
@@ -148,8 +142,6 @@ def writer(url: str, tag: str, model: bytes, stop: threading.Event) -> list[Outc
 
 def _variant(model: bytes, i: int) -> bytes:
     """The composed model with a doc string of its own: the same graph, other bytes."""
-    from onnx import load_from_string
-
     proto = load_from_string(model)
     proto.doc_string = f"variant {i}"
     return proto.SerializeToString()
@@ -159,10 +151,6 @@ def reader(url: str, expected: dict[str, bytes], stop: threading.Event) -> list[
     """/apply on the held layer and infer on the held model: (status, same bytes) each, and
     the answer's text where it is not the expected one."""
     seen: list[tuple[Any, ...]] = []
-    infer = {
-        "inputs": [{"name": "image", "shape": [1, 4, 4, 3], "datatype": "FP32", "data": X["data"]}],
-        "parameters": {"training": True, "seed": 5},
-    }
     with httpx.Client(base_url=url, timeout=30) as client:
         while not stop.is_set():
             applied = client.post(
@@ -170,7 +158,7 @@ def reader(url: str, expected: dict[str, bytes], stop: threading.Event) -> list[
             )
             same = applied.content == expected["apply"]
             seen.append((applied.status_code, same, "" if same else applied.text[:300]))
-            answered = client.post("/v2/models/steady-model/infer", json=infer)
+            answered = client.post("/v2/models/steady-model/infer", json=INFER)
             same = _outputs(answered) == expected["infer"]
             seen.append((answered.status_code, same, "" if same else answered.text[:300]))
             time.sleep(0.01)
@@ -209,7 +197,10 @@ def test_a_promotion_loses_no_acknowledged_write_and_serves_reads_throughout(
             == 201
         )
         composed = client.post(
-            "/layers/steady/compose", params={"seed": 3}, content=tiny_model(), headers=OCTET
+            "/layers/steady/compose",
+            params={"seed": 3},
+            content=relu_model(dims=["batch", 4, 4, 3]).SerializeToString(),
+            headers=OCTET,
         )
         assert composed.status_code == 200, composed.text
         model = composed.content
@@ -267,11 +258,7 @@ def test_a_promotion_loses_no_acknowledged_write_and_serves_reads_throughout(
 
 
 def reader_once(url: str) -> bytes:
-    infer = {
-        "inputs": [{"name": "image", "shape": [1, 4, 4, 3], "datatype": "FP32", "data": X["data"]}],
-        "parameters": {"training": True, "seed": 5},
-    }
-    response = httpx.post(f"{url}/v2/models/steady-model/infer", json=infer, timeout=30)
+    response = httpx.post(f"{url}/v2/models/steady-model/infer", json=INFER, timeout=30)
     assert response.status_code == 200, response.text
     return _outputs(response)
 

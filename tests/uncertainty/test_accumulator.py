@@ -16,7 +16,6 @@ from service.uncertainty.accumulator import Accumulator
 from service.uncertainty.sampler import CHECK_EVERY
 
 MOMENTS = ("mean", "variance", "std", "sem")
-CLASSES = CLASS_STATISTICS
 
 
 def accumulate(samples: NDArray[Any], stats: Statistics) -> dict[str, NDArray[Any]]:
@@ -96,9 +95,9 @@ def test_class_statistics_follow_their_definitions(axis: int) -> None:
     p = dirichlet((16, 4, 3), 6)  # T=16, batch 4, 3 positions, 6 classes last
     if axis == 1:
         p = np.moveaxis(p, -1, 2)  # (T, 4, 6, 3): the classes on the sample's axis 1
-    got = accumulate(p, Statistics(CLASSES, class_axis=axis))
+    got = accumulate(p, Statistics(CLASS_STATISTICS, class_axis=axis))
     want = reference_classes(p, axis)
-    for name in CLASSES:
+    for name in CLASS_STATISTICS:
         assert got[name].shape == (4, 3), name
         np.testing.assert_allclose(got[name], want[name], rtol=1e-12, atol=1e-15, err_msg=name)
     assert (got["mutual_information"] > 0).all()
@@ -119,7 +118,7 @@ def test_softmax_first_reads_logits() -> None:
 
 def test_one_sample_has_no_spread_and_no_disagreement() -> None:
     p = dirichlet((1, 3), 4)
-    names = (*MOMENTS, "quantiles", *CLASSES)
+    names = (*MOMENTS, "quantiles", *CLASS_STATISTICS)
     got = accumulate(p, Statistics(names, quantiles=(0.1, 0.9)))
     for name in ("variance", "std", "sem", "mutual_information", "variation_ratio"):
         assert (got[name] == 0).all(), name
@@ -132,7 +131,7 @@ def test_certain_classes_have_zero_entropy_not_nan() -> None:
     p[:, 0, 1] = 1.0  # every pass certain of class 1
     p[:2, 1, 0] = 1.0  # half the passes class 0, half class 2
     p[2:, 1, 2] = 1.0
-    got = accumulate(p, Statistics(CLASSES))
+    got = accumulate(p, Statistics(CLASS_STATISTICS))
     assert got["entropy"][0] == 0 and got["expected_entropy"][0] == 0
     assert got["mutual_information"][0] == 0 and got["variation_ratio"][0] == 0
     assert got["margin"][0] == 1 and got["max_probability"][0] == 1
@@ -178,7 +177,7 @@ def test_probabilities_may_miss_one_by_float16_rounding() -> None:
 
 def test_an_empty_batch_has_empty_statistics() -> None:
     samples = np.zeros((8, 0, 4), np.float32)
-    got = accumulate(samples, Statistics((*MOMENTS, *CLASSES)))
+    got = accumulate(samples, Statistics((*MOMENTS, *CLASS_STATISTICS)))
     assert got["mean"].shape == (0, 4) and got["entropy"].shape == (0,)
 
 
